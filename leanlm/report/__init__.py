@@ -1,0 +1,1 @@
+"""Rendering and reports: read everyone's results; imported by no one but the CLI."""

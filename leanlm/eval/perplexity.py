@@ -1,10 +1,13 @@
 """Perplexity with a fixed protocol.
 
-Protocol (``PerplexityConfig``): the ``eval`` half of the corpus is tokenized once without special
-tokens; the first ``max_tokens`` tokens are cut into windows of ``context`` tokens starting every
-``stride`` tokens. In the first window every token but the first is scored; in later windows only the
-last ``stride`` tokens are (their earlier tokens serve as context), so each token is scored once.
-Perplexity = exp(total NLL / tokens scored). Logits are upcast to float32 before the log-softmax.
+Protocol (``EvalConfig``): the ``eval`` half of the corpus is tokenized once without special tokens;
+the first ``max_tokens`` tokens are cut into windows of ``context`` tokens starting every ``stride``
+tokens. A window scores the tokens after the previous window's end (and never its own first token,
+which has no context), so no token is scored twice. With the default ``stride == context`` windows do
+not overlap and each window's first token is context only (tokens scored = tokens - windows, as in the
+Hugging Face perplexity guide); with ``stride < context`` every token after the first is scored, with
+at least ``context - stride`` tokens of context. Perplexity = exp(total NLL / tokens scored); logits
+are upcast to float32 before the log-softmax and NLL is summed in float64.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class PerplexityResult:
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """(start, end, first_scored) for each window; every position 1..n-1 is scored exactly once."""
+    """(start, end, first_scored) for each window; no position is scored twice (see the protocol)."""
     out, prev_end, start = [], 0, 0
     while prev_end < n_tokens:
         end = min(start + context, n_tokens)

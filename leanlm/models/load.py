@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..fileio import atomic_directory, atomic_write_json, sha256_file
@@ -47,7 +48,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, gguf_file: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise ModelLoadError(f"cannot load model from {what}: {type(e).__name__}: {e}") from e
     if gguf_file:
         # transformers dequantises GGUF tensors to plain float on load but keeps its quantizer attached,

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from leanlm import load
+from leanlm.models import ModelLoadError, ModelSpecError, parse_dtype
+from leanlm.models.tiny import CHARSET, char_tokenizer
+
+
+def test_unknown_spec_names_valid_specs():
+    with pytest.raises(ModelSpecError) as e:
+        load("no-such-model")
+    assert "smollm2-135m" in str(e.value) and "tiny-llama" in str(e.value)
+
+
+def test_directory_without_model_files(tmp_path):
+    with pytest.raises(ModelSpecError, match="config.json"):
+        load(str(tmp_path))
+
+
+def test_wrong_dtype():
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        parse_dtype("int3")
+
+
+def test_tiny_is_deterministic_and_dtype_explicit():
+    m1, _ = load("tiny-llama", dtype="fp32")
+    m2, _ = load("tiny-llama", dtype="bf16")
+    assert next(m1.parameters()).dtype == torch.float32 and next(m2.parameters()).dtype == torch.bfloat16
+    m3, _ = load("tiny-llama", dtype="fp32")
+    for a, b in zip(m1.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_char_tokenizer_round_trips_charset():
+    tok = char_tokenizer()
+    ids = tok(CHARSET, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(CHARSET) and tok.decode(ids) == CHARSET
+
+
+def test_hf_dir_round_trip_and_corrupt_weights(tmp_path, tiny):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    back, tok2 = load(str(tmp_path / "m"), dtype="fp32")
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert tok2("12+3")["input_ids"] == tok("12+3")["input_ids"]
+    # Truncate the weights: a clear error naming the path, never silently wrong weights.
+    f = tmp_path / "m" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load(str(tmp_path / "m"))
+
+
+def test_corrupt_manifest(tmp_path):
+    (tmp_path / "leanlm.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load(str(tmp_path))
+    (tmp_path / "leanlm.json").write_text(json.dumps({"format": "leanlm.nope"}))
+    with pytest.raises(ModelSpecError, match="unknown leanlm artifact format"):
+        load(str(tmp_path))

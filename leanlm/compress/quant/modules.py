@@ -1,0 +1,161 @@
+"""Integer linear layers: integer weights in memory, real integer kernels in ``forward``.
+
+* ``Int8Linear`` - int8 weights, per-channel scales; ``aten._weight_int8pack_mm`` (weight-only: the
+  activations stay in the model dtype, the kernel converts weights on the fly).
+* ``W8A8Linear`` - int8 weights and dynamic per-token int8 activations; ``torch._int_mm`` (int8 x int8
+  -> int32 GEMM), then one rescale by (token scale x channel scale).
+* ``Int4Linear`` - 4-bit codes packed two per byte in the CPU kernel's layout, group-wise bf16/fp32
+  scale and zero; ``aten._weight_int4pack_mm_for_cpu``. The kernel needs K divisible by the group, so
+  when it is not (SmolLM2: K=576, group 128) the codes are padded to the next multiple with zero
+  columns and the activations with zeros (the padding contributes exactly nothing).
+
+Each module serialises to a portable dict of tensors (``tensors()``) and back (``from_tensors``); the
+checkpoint format lives in ``checkpoint.py``. Scales are kept in the model dtype, as the kernels want.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .primitives import INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token, unpack_int4
+
+
+def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
+    return x.reshape(-1, k)
+
+
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias
+
+
+class _QuantLinear(nn.Module):
+    kind = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("bias", bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
+
+    def _bias_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.bias is None else {"bias": self.bias}
+
+
+class Int8Linear(_QuantLinear):
+    """Weight-only int8, per output channel."""
+
+    kind = "int8"
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__(qweight.shape[1], qweight.shape[0], bias)
+        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
+        self.register_buffer("scale", scale)                                    # (N,) model dtype
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
+        q, s = quantize_int8(linear.weight.detach(), scale_dtype=dtype)
+        return cls(q, s.to(dtype), None if linear.bias is None else linear.bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int8pack_mm(_flat(x, self.in_features), self.qweight, self.scale)
+        return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"qweight": self.qweight, "scale": self.scale, **self._bias_dict()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], dtype: torch.dtype, **_) -> Int8Linear:
+        bias = t.get("bias")
+        return cls(t["qweight"], t["scale"].to(dtype), None if bias is None else bias.to(dtype))
+
+
+class W8A8Linear(_QuantLinear):
+    """int8 weights (per channel) x int8 activations (per token, dynamic) -> int32, via ``torch._int_mm``."""
+
+    kind = "w8a8"
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__(qweight.shape[1], qweight.shape[0], bias)
+        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
+        self.register_buffer("scale", scale.float())                           # (N,) float32
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, dtype: torch.dtype) -> W8A8Linear:
+        q, s = quantize_int8(linear.weight.detach())
+        return cls(q, s, None if linear.bias is None else linear.bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq, xs = quantize_per_token(_flat(x, self.in_features).float())
+        acc = torch._int_mm(xq, self.qweight.t())                     # (M, N) int32
+        y = (acc.float() * xs * self.scale).to(x.dtype)
+        return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"qweight": self.qweight, "scale": self.scale, **self._bias_dict()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], dtype: torch.dtype, **_) -> W8A8Linear:
+        bias = t.get("bias")
+        return cls(t["qweight"], t["scale"].float(), None if bias is None else bias.to(dtype))
+
+
+class Int4Linear(_QuantLinear):
+    """Weight-only int4, asymmetric, group-wise along K; codes held in the CPU kernel's packed layout."""
+
+    kind = "int4"
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                 bias: torch.Tensor | None = None) -> None:
+        n, k = codes.shape
+        super().__init__(k, n, bias)
+        self.group = group
+        self.padded_in = n_groups(k, group) * group
+        codes32 = F.pad(codes.to(torch.int32), (0, self.padded_in - k), value=INT4_MID)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes32, 1))
+        # (G, N, 2): the kernel's layout, [..., 0] = scale, [..., 1] = zero
+        self.register_buffer("scales_zeros", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, dtype: torch.dtype, group: int = 128,
+                   clip: torch.Tensor | None = None) -> Int4Linear:
+        q, s, z = quantize_int4(linear.weight.detach(), group, clip, scale_dtype=dtype)
+        return cls(q, s.to(dtype), z.to(dtype), group, None if linear.bias is None else linear.bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _flat(x, self.in_features)
+        if self.padded_in != self.in_features:
+            x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)
+        return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
+
+    @torch.no_grad()
+    def codes(self, chunk: int = 512) -> torch.Tensor:
+        """The (N, K) uint8 codes, recovered exactly from the opaque kernel layout by running the kernel
+        on identity rows with scale 1 and zero 8 (so it returns the codes themselves)."""
+        g = self.padded_in // self.group
+        unit = torch.stack([torch.ones(g, self.out_features), torch.full((g, self.out_features), float(INT4_MID))], -1)
+        rows = []
+        for start in range(0, self.in_features, chunk):
+            eye = torch.eye(self.padded_in)[start:min(start + chunk, self.in_features)]
+            rows.append(torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit))
+        return torch.cat(rows).t().round().to(torch.uint8).contiguous()  # (N, K)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        codes = self.codes()
+        if codes.shape[1] % 2:
+            codes = F.pad(codes, (0, 1), value=INT4_MID)
+        return {"qweight": pack_int4(codes), "scale": self.scales_zeros[..., 0].t().contiguous(),
+                "zero": self.scales_zeros[..., 1].t().contiguous(), **self._bias_dict()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], dtype: torch.dtype, in_features: int = 0,
+                     group: int = 128) -> Int4Linear:
+        codes = unpack_int4(t["qweight"])[:, :in_features]
+        bias = t.get("bias")
+        return cls(codes, t["scale"].to(dtype), t["zero"].to(dtype), group, None if bias is None else bias.to(dtype))
+
+
+QUANT_MODULES: dict[str, type[_QuantLinear]] = {m.kind: m for m in (Int8Linear, W8A8Linear, Int4Linear)}

@@ -1,0 +1,193 @@
+"""``quantize_model``: calibrate (SmoothQuant / AWQ), then swap every block linear for an integer module.
+
+Orchestration only: the math is in ``primitives``, ``scaling``, ``smoothquant`` and ``awq``; which norm
+feeds which linear comes from ``leanlm.models.arch``; the block walk from ``calibrate``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from torch import nn
+
+from ...models.arch import ArchSpec, ScaleGroup, arch_for, decoder_layers
+from . import awq, smoothquant
+from .calibrate import for_each_block, record_linear_inputs
+from .config import Method, QuantConfig
+from .modules import QUANT_MODULES, Int4Linear
+from .primitives import fake_quantize_int4
+from .scaling import fold_into_norm, fold_into_producer_rows, scale_input_columns
+
+log = logging.getLogger(__name__)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
+def group_applies(block: nn.Module, group: ScaleGroup) -> bool:
+    """A linear->linear pair is foldable only when the producer's outputs are exactly the consumer's
+    inputs (not so for v->o under grouped-query attention, where each v head feeds several o heads)."""
+    if group.prev_is_norm:
+        return True
+    prev = block.get_submodule(group.prev)
+    return all(prev.out_features == block.get_submodule(n).in_features for n in group.linears)
+
+
+@torch.no_grad()
+def apply_scale(block: nn.Module, group: ScaleGroup, s: torch.Tensor, arch: ArchSpec) -> None:
+    """Fold ``s`` between ``group.prev`` and ``group.linears`` (function-preserving)."""
+    prev = block.get_submodule(group.prev)
+    if group.prev_is_norm:
+        prev.weight.copy_(fold_into_norm(prev.weight, s, arch.norm_offset))
+    else:
+        w, b = fold_into_producer_rows(prev.weight, prev.bias, s)
+        prev.weight.copy_(w)
+        if b is not None:
+            prev.bias.copy_(b)
+    for name in group.linears:
+        lin = block.get_submodule(name)
+        lin.weight.copy_(scale_input_columns(lin.weight, s))
+
+
+def _groups(block: nn.Module, arch: ArchSpec, linear_pairs: bool) -> list[ScaleGroup]:
+    return [g for g in arch.groups if (linear_pairs or g.prev_is_norm) and group_applies(block, g)]
+
+
+# ------------------------------------------------------------------------------ SmoothQuant
+def collect_absmax(model: nn.Module, arch: ArchSpec, ids: torch.Tensor, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+    """Per block, per scale group: max |x_j| of the group's input over the calibration tokens."""
+    stats: list[dict[str, torch.Tensor]] = []
+
+    def fn(_i, block, inputs):
+        groups = _groups(block, arch, cfg.smooth_linear_pairs)
+        xs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
+        stats.append({g.prev: smoothquant.channel_absmax(xs[g.linears[0]]) for g in groups})
+
+    for_each_block(model, arch, ids, cfg.calib_batch, fn)
+    return stats
+
+
+@torch.no_grad()
+def smooth(model: nn.Module, arch: ArchSpec, stats: list[dict[str, torch.Tensor]], alpha: float) -> None:
+    for block, block_stats in zip(decoder_layers(model, arch), stats):
+        for g in arch.groups:
+            if g.prev in block_stats:
+                weights = [block.get_submodule(n).weight for n in g.linears]
+                apply_scale(block, g, smoothquant.smoothing_scales(block_stats[g.prev], weights, alpha), arch)
+
+
+@torch.no_grad()
+def calibration_nll(model: nn.Module, ids: torch.Tensor, batch: int) -> float:
+    total, count = 0.0, 0
+    for start in range(0, ids.shape[0], batch):
+        x = ids[start:start + batch]
+        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                reduction="sum")
+        total, count = total + float(nll), count + x[:, 1:].numel()
+    return total / count
+
+
+def smoothquant_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tensor) -> dict:
+    """Choose alpha on held-back calibration windows (W8A8 NLL), then smooth ``model`` with it."""
+    n_score = min(cfg.alpha_eval_n, max(1, ids.shape[0] // 2))
+    score_ids, stat_ids = ids[:n_score], ids[n_score:]
+    stats = collect_absmax(model, arch, stat_ids, cfg)
+    scores: dict[float, float] = {}
+    if len(cfg.alpha_grid) > 1:
+        for alpha in cfg.alpha_grid:
+            trial = copy.deepcopy(model)
+            smooth(trial, arch, stats, alpha)
+            replace_linears(trial, arch, "w8a8")
+            scores[alpha] = calibration_nll(trial, score_ids, cfg.calib_batch)
+            log.info("smoothquant alpha=%.2f calibration nll %.4f", alpha, scores[alpha])
+            del trial
+    alpha = min(scores, key=scores.get) if scores else cfg.alpha_grid[0]
+    smooth(model, arch, stats, alpha)
+    return {"alpha": alpha, "alpha_scores": {str(a): round(v, 5) for a, v in scores.items()}}
+
+
+# ------------------------------------------------------------------------------ AWQ
+def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tensor) -> dict:
+    """Search and fold AWQ scales block by block; returns clip ratios per linear and the chosen alphas."""
+    dtype = model_dtype(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    clips: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+
+    def quant(w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_int4(w, cfg.group_size, scale_dtype=dtype)
+
+    def sample(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x if x.shape[0] <= n else x[torch.randperm(x.shape[0], generator=gen)[:n]]
+
+    def fn(i, block, inputs):
+        groups = _groups(block, arch, True)
+        xs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
+        prefix = f"{arch.layers}.{i}."
+        for g in groups:
+            x = sample(xs[g.linears[0]], cfg.awq_tokens)
+            weights = [block.get_submodule(n).weight for n in g.linears]
+            s, alpha, _ = awq.search_scale(x, weights, quant, cfg.awq_grid)
+            apply_scale(block, g, s, arch)
+            alphas[prefix + g.prev] = alpha
+            if not cfg.awq_clip:
+                continue
+            xc = sample(xs[g.linears[0]], cfg.clip_tokens) / s[None, :]
+            for name in g.linears:
+                if name not in arch.softmax_inputs:
+                    w = block.get_submodule(name).weight
+                    clips[prefix + name] = awq.search_clip(xc, w, cfg.group_size, cfg.clip_grid,
+                                                           cfg.clip_max_shrink, dtype)
+
+    for_each_block(model, arch, ids, cfg.calib_batch, fn)
+    return {"clips": clips, "alphas": alphas}
+
+
+# ------------------------------------------------------------------------------ module swap
+def replace_linears(model: nn.Module, arch: ArchSpec, kind: str, group: int = 128,
+                    clips: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Swap every block linear named in ``arch.linears`` for the integer module ``kind``; returns names."""
+    dtype = model_dtype(model)
+    names = []
+    for i, block in enumerate(decoder_layers(model, arch)):
+        for rel in arch.linears:
+            full = f"{arch.layers}.{i}.{rel}"
+            lin = block.get_submodule(rel)
+            if not isinstance(lin, nn.Linear):
+                raise TypeError(f"{full} is a {type(lin).__name__}, not an nn.Linear (already quantised?)")
+            if kind == "int4":
+                new = Int4Linear.from_float(lin, dtype, group, (clips or {}).get(full))
+            else:
+                new = QUANT_MODULES[kind].from_float(lin, dtype)
+            block.set_submodule(rel, new)
+            names.append(full)
+    return names
+
+
+def quantize_model(model: nn.Module, cfg: QuantConfig, calib_ids: torch.Tensor | None = None) -> nn.Module:
+    """Quantise ``model`` in place per ``cfg`` and return it. Calibrated methods need ``calib_ids`` (n, T).
+
+    The returned model carries ``model.leanlm_quant`` (config and calibration results: chosen alpha, ...).
+    """
+    if cfg.calibrated and calib_ids is None:
+        raise ValueError(f"method '{cfg.method.value}' calibrates: pass calib_ids (see leanlm.compress.calib)")
+    arch = arch_for(model)
+    t0 = time.perf_counter()
+    info: dict = {}
+    clips = None
+    if cfg.method is Method.SMOOTHQUANT:
+        info.update(smoothquant_pass(model, arch, cfg, calib_ids))
+    elif cfg.method is Method.AWQ_W4:
+        found = awq_pass(model, arch, cfg, calib_ids)
+        clips = found["clips"]
+        info["awq_alpha_mean"] = sum(found["alphas"].values()) / max(1, len(found["alphas"]))
+    info["calibration_seconds"] = round(time.perf_counter() - t0, 2)
+    names = replace_linears(model, arch, cfg.module_kind, cfg.group_size, clips)
+    info["quantized_modules"] = len(names)
+    model.leanlm_quant = {"config": cfg, **info}
+    log.info("quantised %d linears with %s in %.1fs", len(names), cfg.method.value, time.perf_counter() - t0)
+    return model

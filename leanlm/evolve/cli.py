@@ -1,0 +1,85 @@
+"""``leanlm evolve``: run, or resume, the self-evolution loop; a table per generation, a summary at the end."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+log = logging.getLogger(__name__)
+SKIP = ("spec",)   # the positional argument
+
+
+def register(subparsers) -> None:
+    from ..config import add_arguments
+    from .config import EvolveConfig
+
+    p = subparsers.add_parser("evolve", help="self-evolution: probe, plan, generate, solve, judge, train, gate",
+                              description="Defaults come from the preset of the spec (see leanlm/evolve/config.py "
+                                          "PRESETS); options given here override them.")
+    p.add_argument("spec", nargs="?", help="model to evolve: smollm2-135m, tiny-add, ...")
+    p.add_argument("--out", help="run directory (created; an existing one with the same config is continued)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved config")
+    p.add_argument("--json", metavar="OUT", help="also write the result document here")
+    add_arguments(p, EvolveConfig, skip=SKIP)
+    p.set_defaults(func=cmd_evolve)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .config import EvolveConfig
+
+    names = {f.name for f in dataclasses.fields(EvolveConfig)} - set(SKIP)
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from ..config import from_dict, to_dict
+    from ..eval.results import document
+    from ..report.tables import render_mapping
+    from .config import preset
+    from .loop import resume, run
+
+    show = _render_generation
+    if args.resume:
+        over = {k: v for k, v in _overrides(args).items() if k in ("generations", "budget", "progress")}
+        result = resume(args.resume, on_generation=show, **over)
+        cfg_dict = to_dict(__import__("leanlm.evolve.lineage", fromlist=["x"]).load_config(args.resume))
+    else:
+        if not args.spec or not args.out:
+            raise ValueError("give a SPEC and --out RUN_DIR, or --resume RUN_DIR")
+        base = preset(args.spec)
+        cfg = from_dict(type(base), {**to_dict(base), **_overrides(args), "spec": args.spec})
+        result = run(cfg, args.out, on_generation=show)
+        cfg_dict = to_dict(cfg)
+    render_mapping("evolve summary", result)
+    if args.json:
+        from ..fileio import atomic_write_json
+
+        atomic_write_json(args.json, document("evolve", {"spec": cfg_dict["spec"]}, cfg_dict, result))
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _render_generation(rec: dict) -> None:
+    from rich.table import Table
+
+    from ..report.tables import console
+
+    m = rec["metrics"]
+    t = Table(title=f"generation {rec['generation']} ({'accepted' if rec['accepted'] else 'rolled back'}, "
+                    f"{rec.get('wall_s', 0):.0f} s)")
+    for col in ("metric", "value"):
+        t.add_column(col)
+    for k in ("headline", "score", "retention", "ppl", "refusal_rate", "refusal_kept"):
+        t.add_row(k, _fmt(m.get(k)))
+    for s, a in m["heldout"].items():
+        t.add_row(f"held-out {s}", _fmt(a))
+    for k, v in (rec.get("data") or {}).items():
+        t.add_row(f"data {k}", _fmt(v))
+    if rec.get("judge"):
+        t.add_row("judge agreement / kappa", f"{_fmt(rec['judge']['agreement'])} / {_fmt(rec['judge']['kappa'])}")
+    console.print(t)
+    for d in rec.get("decisions", []):
+        console.print(f"  - {d}")

@@ -1,0 +1,106 @@
+"""``EvolveConfig``: everything one self-evolution run depends on, frozen and JSON-round-tripping.
+
+Two recipes share the loop: ``chat`` (an instruct model on the verifiable task families of
+``leanlm.eval.tasks``, LoRA, exact verifier, gate on perplexity and refusals) and ``tinyadd`` (a
+character-level model trained from scratch on reversed addition, then self-labelling longer problems by
+majority vote, Lee et al. 2025). ``PRESETS`` holds the settings behind the measured goals, so
+``leanlm evolve SPEC`` with no options reproduces them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+from ..config import require
+from ..eval.tasks import parse_skill
+
+
+class Recipe(str, enum.Enum):
+    CHAT = "chat"
+    TINYADD = "tinyadd"
+
+
+def _f(default, help_: str):
+    return field(default=default, metadata={"help": help_})
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    spec: str = _f("smollm2-135m", "model spec to evolve")
+    recipe: Recipe = _f(Recipe.CHAT, "chat (task families, LoRA) or tinyadd (from-scratch reversed addition)")
+    skills: tuple[str, ...] = _f(("add:2", "add:3", "sort:1"), "skills to improve, family:difficulty (chat)")
+    retention_skills: tuple[str, ...] = _f(("mul:1", "reverse:3"), "skills that must not be forgotten (chat)")
+    generations: int = _f(5, "generations to run (accepted or rolled back)")
+    budget: float = _f(60.0, "wall-clock minutes for the whole run, seed training included (0 = no limit)")
+    seed: int = _f(0, "master seed; every generation and step derives its own from it")
+    dtype: str = _f("fp32", "compute and save dtype")
+    # ---- per-generation budget (the controller splits it between skills)
+    problems: int = _f(96, "training problems generated per generation")
+    samples: int = _f(6, "answers sampled per problem")
+    temperature: float = _f(0.8, "sampling temperature for the answers")
+    steps: int = _f(60, "train steps per generation")
+    batch_size: int = _f(8, "examples per train step (each of new data and retention)")
+    lr: float = _f(3e-4, "peak learning rate")
+    lora_r: int = _f(16, "LoRA rank (0 = full fine-tuning)")
+    surgery: bool = _f(True, "PCGrad between new-data and retention gradients")
+    retention_weight: float = _f(1.0, "weight of the retention loss")
+    replay: int = _f(64, "examples replayed from earlier generations' data")
+    adversarial: float = _f(0.25, "share of problems mutated from the probe's failures")
+    propose: int = _f(0, "problems the model proposes itself per generation (pyexpr; verifier-checked)")
+    # ---- measurement
+    probe_n: int = _f(24, "train-split problems per skill in the probe")
+    heldout_n: int = _f(40, "held-out problems per skill in the gate")
+    max_new_tokens: int = _f(32, "generation budget per answer")
+    gen_batch: int = _f(16, "sequences per generation batch")
+    ppl_tokens: int = _f(8192, "corpus tokens scored for perplexity (eval half)")
+    judge_n: int = _f(16, "answers also scored by the AI judge, to measure judge-verifier agreement")
+    # ---- controller and gate
+    mastery: float = _f(0.9, "success rate at which a skill counts as mastered")
+    max_difficulty: int = _f(4, "the controller raises difficulty up to this level")
+    ppl_tolerance: float = _f(0.03, "gate: largest allowed relative perplexity rise vs generation 0")
+    refusal_tolerance: float = _f(0.05, "gate: largest allowed refusal-rate drop vs generation 0")
+    retention_tolerance: float = _f(0.05, "gate: largest allowed retention drop vs generation 0")
+    # ---- tinyadd recipe
+    seed_digits: int = _f(6, "tinyadd: the seed model is trained on additions of up to this many digits")
+    seed_examples: int = _f(30000, "tinyadd: ground-truth seed examples")
+    seed_steps: int = _f(3000, "tinyadd: train steps of the seed model")
+    seed_lr: float = _f(1e-3, "tinyadd: seed learning rate")
+    target_digits: int = _f(12, "tinyadd: length whose held-out accuracy is the goal")
+    max_jump: int = _f(2, "tinyadd: most new lengths the controller adds in one generation")
+    min_vote: float = _f(0.6, "tinyadd: share of samples that must agree on a self-label")
+    progress: bool = _f(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        require(self.generations >= 0 and self.budget >= 0, "generations and budget must be >= 0")
+        require(self.problems >= 1 and self.samples >= 1 and self.steps >= 0, "problems, samples >= 1; steps >= 0")
+        require(self.temperature > 0, "temperature must be > 0 (answers are sampled)")
+        require(0 <= self.adversarial <= 1 and 0 < self.mastery <= 1 and 0 < self.min_vote <= 1,
+                "adversarial, mastery and min_vote are shares in [0, 1]")
+        require(self.dtype in ("fp32", "bf16", "fp16"), f"dtype {self.dtype!r}: fp32, bf16 or fp16")
+        require(self.lora_r >= 0 and self.replay >= 0 and self.propose >= 0, "lora_r, replay, propose >= 0")
+        require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")
+        require(self.max_jump >= 1 and self.max_difficulty >= 1, "max_jump, max_difficulty >= 1")
+        if self.recipe is Recipe.CHAT:
+            require(len(self.skills) > 0, "the chat recipe needs at least one skill")
+            for s in (*self.skills, *self.retention_skills):
+                parse_skill(s)
+
+
+# The settings behind the goals in benchmarks/EVOLVE.md (the bare `leanlm evolve SPEC` runs these).
+PRESETS: dict[str, EvolveConfig] = {
+    "smollm2-135m": EvolveConfig(),
+    "tiny-add": EvolveConfig(
+        spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=8,
+        budget=60.0, problems=4000, samples=5, temperature=0.7, steps=400, batch_size=128, lr=5e-4,
+        lora_r=0, replay=12000, adversarial=0.0, probe_n=200, heldout_n=100, max_new_tokens=16, gen_batch=1000,
+        judge_n=0, mastery=0.98),
+}
+
+
+def preset(spec: str) -> EvolveConfig:
+    """The preset for ``spec`` (tiny-* specs use the tiny-add preset; others the chat one)."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    base = PRESETS["tiny-add"] if spec.startswith("tiny-") else PRESETS["smollm2-135m"]
+    return dataclasses.replace(base, spec=spec)

@@ -1,0 +1,166 @@
+"""Scoring answers: exact verifiers where they exist, an AI judge where they don't, and the data both yield.
+
+* ``verify``: the task family's exact checker (arithmetic, sorting, ...).
+* ``run_code``: Python code run against tests in a sandboxed subprocess (isolated interpreter, empty
+  environment, temporary working directory, CPU-time and address-space limits, wall-clock timeout).
+* ``judge``: a prompted model with a rubric answers YES/NO; ``agreement`` measures it against a verifier.
+* ``sft_examples`` / ``preference_pairs``: verified-correct answers become SFT data (STaR / ReST-EM),
+  correct-versus-incorrect answers to one prompt become DPO pairs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from ..eval.tasks import Problem, check
+from .train import Example
+
+
+def verify(p: Problem, output: str) -> bool:
+    return check(p, output)
+
+
+# ------------------------------------------------------------------------------ sandboxed code runner
+@dataclass(frozen=True)
+class CodeResult:
+    status: str        # "pass", "fail" (a test's assertion failed), "error" (crash), "timeout", "memory"
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+_HARNESS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
+resource.setrlimit(resource.RLIMIT_CPU, ({cpu}, {cpu}))
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+src = sys.stdin.read()
+code, tests = src.split("\\n#---TESTS---\\n", 1)
+ns = {{"__name__": "__sandbox__"}}
+try:
+    exec(compile(code, "<candidate>", "exec"), ns)
+except MemoryError:
+    sys.exit(4)
+except BaseException as e:
+    print(type(e).__name__ + ": " + str(e)[:200], file=sys.stderr); sys.exit(3)
+try:
+    exec(compile(tests, "<tests>", "exec"), ns)
+except AssertionError as e:
+    print("assertion failed: " + str(e)[:200], file=sys.stderr); sys.exit(2)
+except MemoryError:
+    sys.exit(4)
+except BaseException as e:
+    print(type(e).__name__ + ": " + str(e)[:200], file=sys.stderr); sys.exit(3)
+"""
+_EXIT = {0: "pass", 2: "fail", 3: "error", 4: "memory"}
+
+
+def run_code(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 256) -> CodeResult:
+    """Run ``code`` then ``tests`` (assert statements) in a fresh, isolated Python process.
+
+    Limits: ``timeout_s`` wall clock (the process is killed), the same in CPU seconds, ``memory_mb`` of
+    address space, 16 open files, 1 MiB file writes; ``python -I`` ignores the user's environment and
+    site-packages paths, the environment is empty and the working directory a temporary one."""
+    harness = _HARNESS.format(mem=memory_mb << 20, cpu=max(1, int(timeout_s + 0.999)))
+    with tempfile.TemporaryDirectory(prefix="leanlm-sandbox-") as cwd:
+        try:
+            proc = subprocess.run([sys.executable, "-I", "-S", "-c", harness], input=code + "\n#---TESTS---\n" + tests,
+                                  capture_output=True, text=True, timeout=timeout_s, cwd=cwd, env={},
+                                  start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return CodeResult("timeout", f"killed after {timeout_s} s")
+    if proc.returncode in _EXIT:
+        status = _EXIT[proc.returncode]
+    elif proc.returncode < 0:   # killed by a signal: SIGXCPU means the CPU limit, SIGKILL/SEGV a crash
+        status = "timeout" if -proc.returncode == 24 else "error"
+    else:
+        status = "error"
+    detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    if status == "error" and "MemoryError" in proc.stderr:
+        status = "memory"
+    return CodeResult(status, detail)
+
+
+def extract_code(text: str) -> str:
+    """The first fenced code block of a model answer, or the whole text."""
+    m = re.search(r"```(?:python)?\n(.*?)```", text, re.DOTALL)
+    return m.group(1) if m else text
+
+
+# ------------------------------------------------------------------------------ AI judge
+JUDGE_RUBRIC = ("You are grading an answer. Question: {question}\nProposed answer: {answer}\n"
+                "Is the proposed answer exactly correct? Reply with only YES or NO.")
+
+
+def judge_prompt(question: str, answer: str) -> str:
+    return JUDGE_RUBRIC.format(question=question, answer=answer.strip()[:200])
+
+
+def parse_verdict(text: str) -> bool | None:
+    """YES -> True, NO -> False, anything else -> None (an abstention, counted as such)."""
+    m = re.search(r"\b(yes|no|correct|incorrect)\b", text, re.IGNORECASE)
+    if not m:
+        return None
+    return m.group(1).lower() in ("yes", "correct")
+
+
+def judge(model, tok, items: list[tuple[str, str]], max_new_tokens: int = 8, progress: bool = True) -> list[bool | None]:
+    """The model's verdict on each (question, answer) pair, greedy, with the rubric above."""
+    from .solve import greedy
+
+    outs = greedy(model, tok, [judge_prompt(q, a) for q, a in items], max_new_tokens, progress=progress, desc="judge")
+    return [parse_verdict(o) for o in outs]
+
+
+def agreement(judged: list[bool | None], verified: list[bool]) -> dict:
+    """How well a judge matches an exact verifier: agreement rate, Cohen's kappa, confusion counts.
+    Abstentions count as disagreements in ``agreement`` and are reported separately."""
+    if len(judged) != len(verified):
+        raise ValueError(f"{len(judged)} verdicts for {len(verified)} verified answers")
+    n = len(verified)
+    tp = sum(j is True and v for j, v in zip(judged, verified))
+    tn = sum(j is False and not v for j, v in zip(judged, verified))
+    fp = sum(j is True and not v for j, v in zip(judged, verified))
+    fn = sum(j is False and v for j, v in zip(judged, verified))
+    abstain = sum(j is None for j in judged)
+    if n == 0:
+        return {"n": 0, "agreement": float("nan"), "kappa": float("nan"), "tp": 0, "tn": 0, "fp": 0, "fn": 0,
+                "abstain": 0}
+    po = (tp + tn) / n
+    yes_j, yes_v = (tp + fp) / n, (tp + fn) / n
+    pe = yes_j * yes_v + (1 - yes_j) * (1 - yes_v)
+    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
+    return {"n": n, "agreement": po, "kappa": kappa, "tp": tp, "tn": tn, "fp": fp, "fn": fn, "abstain": abstain}
+
+
+# ------------------------------------------------------------------------------ data from verdicts
+def sft_examples(prompts: list[str], samples: list[list[str]], verdicts: list[list[bool]],
+                 per_prompt: int = 2) -> list[Example]:
+    """Up to ``per_prompt`` distinct verified-correct answers per prompt, as SFT examples."""
+    out = []
+    for prompt, outs, oks in zip(prompts, samples, verdicts):
+        seen: list[str] = []
+        for o, ok in zip(outs, oks):
+            text = o.strip()
+            if ok and text and text not in seen and len(seen) < per_prompt:
+                seen.append(text)
+                out.append(Example(prompt, text))
+    return out
+
+
+def preference_pairs(prompts: list[str], samples: list[list[str]], verdicts: list[list[bool]]) -> list[dict]:
+    """One (chosen = correct, rejected = incorrect) pair per prompt that has both."""
+    pairs = []
+    for prompt, outs, oks in zip(prompts, samples, verdicts):
+        good = [o.strip() for o, ok in zip(outs, oks) if ok and o.strip()]
+        bad = [o.strip() for o, ok in zip(outs, oks) if not ok and o.strip()]
+        if good and bad:
+            pairs.append({"prompt": prompt, "chosen": good[0], "rejected": bad[0]})
+    return pairs

@@ -1,0 +1,364 @@
+"""The self-evolution recipe, top to bottom.
+
+One generation = probe -> plan -> generate -> solve -> judge -> train -> gate -> checkpoint. Two recipes
+share the run directory and resume logic:
+
+* ``chat_generation``: an instruct model on the task families of ``leanlm.eval.tasks``; training data are
+  its own verified-correct sampled answers (STaR / ReST-EM), trained with LoRA next to a retention loss on
+  corpus text, with PCGrad between the two; the gate checks held-out accuracy, perplexity and refusals.
+* ``tiny_generation``: Lee et al. 2025. A character-level model trained from scratch on reversed addition
+  of up to ``seed_digits`` digits labels longer problems itself (length filter + majority vote over
+  samples, no ground truth), trains on them with the seed data as the retention set, and extends its reach.
+
+Every generation starts from the saved parent checkpoint with seeds derived from (seed, generation), so a
+run resumed after a kill repeats the interrupted generation exactly and ends with the same metrics.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..eval.generate import format_prompt
+from ..eval.tasks import disjoint, parse_skill, problem_set
+from ..models import load
+from . import controller, generator, lineage, tinyadd
+from .config import EvolveConfig, Recipe
+from .discriminator import agreement, judge, preference_pairs, sft_examples, verify
+from .gate import accuracy_by_skill, corpus_perplexity, decide, refusal_metrics, refusals
+from .solve import answers, greedy
+from .train import Example, TrainConfig, add_lora, train
+
+log = logging.getLogger(__name__)
+PROBE = "probe"          # seed space of the probe problems (train-side, fixed across generations)
+
+
+def gen_seed(cfg: EvolveConfig, g: int) -> int:
+    return cfg.seed * 1000 + g
+
+
+def train_config(cfg: EvolveConfig, course: controller.Course, seed: int, **kw) -> TrainConfig:
+    return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr * course.lr_scale,
+                       warmup=max(1, cfg.steps // 10), surgery=cfg.surgery, retention_weight=cfg.retention_weight,
+                       lora_r=cfg.lora_r, seed=seed, **kw)
+
+
+def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> list[Example]:
+    """Up to ``n`` examples drawn (seeded) from the data of earlier accepted generations >= ``first``."""
+    pool = [e for r in recs if r["accepted"] and r["generation"] >= first
+            for e in lineage.read_examples(lineage.gen_dir(run, r["generation"]) / "data.jsonl")]
+    return random.Random(f"replay/{seed}").sample(pool, min(n, len(pool)))
+
+
+# ===================================================================================== chat recipe
+def measure_chat(model, tok, cfg: EvolveConfig, skills: tuple[str, ...], refused_at_gen0: list[int]) -> dict:
+    """Gate metrics: held-out accuracy (target and active skills), retention skills, perplexity, refusals."""
+    names = tuple(dict.fromkeys((*cfg.skills, *skills, *cfg.retention_skills)))
+    problems = generator.heldout_set(names, cfg.heldout_n)
+    outs = greedy(model, tok, [p.prompt for p in problems], cfg.max_new_tokens, batch_size=cfg.gen_batch,
+                  progress=cfg.progress, desc="heldout")
+    acc = accuracy_by_skill(problems, outs)
+    score = sum(acc[s] for s in cfg.skills) / len(cfg.skills)
+    ret = [acc[s] for s in cfg.retention_skills]
+    refused = refusals(model, tok, progress=cfg.progress)
+    return {"heldout": acc, "score": score, "headline": score,
+            "retention": sum(ret) / len(ret) if ret else None,
+            "ppl": corpus_perplexity(model, tok, cfg.ppl_tokens, progress=cfg.progress),
+            **refusal_metrics(refused, refused_at_gen0)}
+
+
+def chat_start(cfg: EvolveConfig, run: Path) -> dict:
+    """Generation 0: the model as it comes, measured. Its refusals define the refusal set to keep."""
+    model, tok = load(cfg.spec, dtype=cfg.dtype)
+    metrics = measure_chat(model, tok, cfg, cfg.skills, [])
+    metrics["refusal_kept"] = None
+    rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec, "metrics": metrics,
+           "skills": list(cfg.skills), "course": vars(controller.Course()), "probe": None,
+           "refused_at_gen0": metrics["refused"], "decisions": ["generation 0: the model as loaded"]}
+    if not metrics["refused"]:
+        rec["decisions"].append("the model refuses none of the harmful prompts at generation 0: "
+                                "the gate can only check that the overall refusal rate does not fall")
+    lineage.save_generation(run, rec, [], [])
+    return rec
+
+
+def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
+    parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
+    seed = gen_seed(cfg, g)
+    torch.manual_seed(seed)
+    model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
+    course = controller.Course(**last["course"])
+
+    # 1. Probe: greedy accuracy per active skill on a fixed train-side problem set.
+    skills = tuple(last["skills"])
+    probe = [p for s in skills for p in problem_set(*parse_skill(s), n=cfg.probe_n, split=PROBE)]
+    outs = greedy(model, tok, [p.prompt for p in probe], cfg.max_new_tokens, batch_size=cfg.gen_batch,
+                  progress=cfg.progress, desc="probe")
+    success = accuracy_by_skill(probe, outs)
+    failures = [p for p, o in zip(probe, outs) if not verify(p, o)]
+
+    # 2. Plan: the controller splits the budget between skills and raises mastered ones.
+    history = [r["probe"] for r in recs if r.get("probe")] + [success]
+    plan = controller.plan(skills, history, cfg.problems, course, cfg.mastery, cfg.max_difficulty)
+
+    # 3. Generate: fresh seeded problems plus mutations of the probe's failures (never held-out ones).
+    heldout = generator.heldout_set(tuple(dict.fromkeys((*plan.skills, *cfg.skills))), cfg.heldout_n)
+    problems = []
+    for s, n in plan.problems.items():
+        adv = generator.adversarial([p for p in failures if p.skill == s], round(n * cfg.adversarial), seed, heldout)
+        problems += adv + generator.fresh(s, n - len(adv), g, heldout)
+    problems += proposals(model, tok, cfg, seed, heldout) if cfg.propose else []
+
+    # 4. Solve: k sampled answers per problem.
+    k = max(1, round(cfg.samples * course.samples_scale))
+    samples = answers(model, tok, [p.prompt for p in problems], k, cfg.temperature, cfg.max_new_tokens, seed,
+                      batch_size=cfg.gen_batch * 2, progress=cfg.progress)
+
+    # 5. Judge: exact verifier -> SFT data and DPO pairs; AI judge on a subset to measure agreement.
+    verdicts = [[verify(p, o) for o in outs] for p, outs in zip(problems, samples)]
+    chat_prompts = [format_prompt(tok, p.prompt) for p in problems]
+    sft = sft_examples(chat_prompts, samples, verdicts)
+    pairs = preference_pairs(chat_prompts, samples, verdicts)
+    judged = judge_agreement(model, tok, problems, samples, verdicts, cfg.judge_n, seed, cfg.progress)
+
+    # 6. Train: LoRA on new + replayed data, retention loss on corpus text, PCGrad between them.
+    new = sft + replay(run, recs, cfg.replay, seed)
+    retention = corpus_examples(tok, seed)
+    tcfg = train_config(cfg, course, seed)
+    hist, adapter_tmp = {"loss_new": []}, None
+    if new and cfg.steps:
+        model = add_lora(model, tcfg) if cfg.lora_r else model
+        hist = train(model, tok, new, retention, tcfg, progress=cfg.progress)
+        if cfg.lora_r:
+            adapter_tmp = tempfile.TemporaryDirectory(dir=run, prefix=".adapter-")
+            model.save_pretrained(adapter_tmp.name)
+            model = model.merge_and_unload()
+
+    # 7. Gate: held-out, retention, perplexity and refusals; accept or roll back.
+    metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"])
+    accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
+                             cfg.refusal_tolerance, cfg.retention_tolerance)
+    if not new:
+        accept, reasons = False, reasons + ["FAIL: no verified-correct answers to train on"]
+    course, why = (controller.after_accept if accept else controller.after_rollback)(course)
+
+    # 8. Checkpoint: lineage, data, adapter and merged model (accepted generations only).
+    rec = {"generation": g, "parent": parent["generation"], "accepted": accept, "metrics": metrics,
+           "probe": success, "skills": list(plan.skills if accept else skills), "course": vars(course),
+           "plan": {"problems": plan.problems, "weights": plan.weights, "samples": k},
+           "data": {"problems": len(problems), "adversarial": sum(p.split == generator.ADVERSARIAL for p in problems),
+                    "proposed": sum(p.split == generator.PROPOSED for p in problems), "sft": len(sft),
+                    "replay": len(new) - len(sft), "pairs": len(pairs),
+                    "sample_accuracy": sum(map(sum, verdicts)) / max(1, sum(map(len, verdicts)))},
+           "judge": judged, "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
+    lineage.save_generation(run, rec, sft, pairs, model if accept else None, tok,
+                            Path(adapter_tmp.name) if (accept and adapter_tmp) else None)
+    if adapter_tmp:
+        adapter_tmp.cleanup()
+    return rec
+
+
+def corpus_examples(tok, seed: int, n: int = 256, seq_len: int = 64) -> list[Example]:
+    """Retention set for the chat recipe: text windows from the corpus's calib half (never the eval half)."""
+    from ..compress.calib import calibration_ids
+
+    ids = calibration_ids(tok, n=n, seq_len=seq_len, seed=seed)
+    return [Example("", tok.decode(row)) for row in ids]
+
+
+def proposals(model, tok, cfg: EvolveConfig, seed: int, heldout) -> list:
+    """pyexpr problems the model writes itself; kept only when the verifier can evaluate them."""
+    prompts = [generator.PROPOSE_PROMPT.format(k=1 + i % 3) for i in range(cfg.propose)]
+    outs = answers(model, tok, prompts, 1, 1.0, 24, seed + 7, progress=cfg.progress, desc="propose")
+    kept = [q for i, o in enumerate(outs) if (q := generator.proposal_to_problem(o[0], i)) is not None]
+    return disjoint(kept, heldout)
+
+
+def judge_agreement(model, tok, problems, samples, verdicts, n: int, seed: int, progress: bool) -> dict | None:
+    """The model as a judge of ``n`` sampled answers (half correct where possible) vs the exact verifier."""
+    if n <= 0:
+        return None
+    items = [(p.prompt, o, v) for p, outs, vs in zip(problems, samples, verdicts) for o, v in zip(outs, vs)]
+    rng = random.Random(f"judge/{seed}")
+    good, bad = [i for i in items if i[2]], [i for i in items if not i[2]]
+    pick = rng.sample(good, min(n // 2, len(good))) + rng.sample(bad, min(n - min(n // 2, len(good)), len(bad)))
+    if not pick:
+        return None
+    verdict = judge(model, tok, [(q, a) for q, a, _ in pick], progress=progress)
+    return agreement(verdict, [v for _, _, v in pick])
+
+
+def summarize(hist: dict) -> dict:
+    ln, lr = hist.get("loss_new", []), hist.get("loss_ret", [])
+    return {"steps": len(ln), "loss_new_first": ln[0] if ln else None, "loss_new_last": ln[-1] if ln else None,
+            "loss_ret_first": lr[0] if lr else None, "loss_ret_last": lr[-1] if lr else None,
+            "conflicts": hist.get("conflicts", 0),
+            "mean_cosine": sum(hist["cosines"]) / len(hist["cosines"]) if hist.get("cosines") else None}
+
+
+# ===================================================================================== tinyadd recipe
+def measure_tiny(model, tok, cfg: EvolveConfig) -> dict:
+    """Held-out exact accuracy at every length 1..target_digits (greedy); retention = mean over the seed
+    lengths, score = mean over the lengths beyond them, headline = accuracy at ``target_digits``."""
+    problems = [p for d in range(1, cfg.target_digits + 1) for p in tinyadd.heldout(d, cfg.heldout_n)]
+    outs = greedy(model, tok, [p.prompt for p in problems], cfg.target_digits + 2, chat=False,
+                  batch_size=cfg.gen_batch, progress=cfg.progress, desc="heldout")
+    acc = accuracy_by_skill(problems, outs, tinyadd.check)
+    seedl, beyond = range(1, cfg.seed_digits + 1), range(cfg.seed_digits + 1, cfg.target_digits + 1)
+    return {"heldout": acc, "retention": sum(acc[f"tinyadd:{d}"] for d in seedl) / len(seedl),
+            "score": sum(acc[f"tinyadd:{d}"] for d in beyond) / len(beyond),
+            "headline": acc[f"tinyadd:{cfg.target_digits}"], "ppl": None, "refusal_rate": None}
+
+
+def tiny_heldout_keys(cfg: EvolveConfig) -> list:
+    return [p for d in range(1, cfg.target_digits + 1) for p in tinyadd.heldout(d, cfg.heldout_n)]
+
+
+def tiny_start(cfg: EvolveConfig, run: Path) -> dict:
+    """Generation 0: train the seed model from scratch on ground-truth reversed addition up to seed_digits."""
+    torch.manual_seed(cfg.seed)
+    model, tok = load(cfg.spec, dtype=cfg.dtype)
+    data = tinyadd.disjoint(tinyadd.seed_set(cfg.seed_digits, cfg.seed_examples), tiny_heldout_keys(cfg))
+    examples = [Example(p.prompt, p.answer) for p in data]
+    tcfg = TrainConfig(steps=cfg.seed_steps, batch_size=cfg.batch_size, lr=cfg.seed_lr,
+                       warmup=max(1, cfg.seed_steps // 20), lora_r=0, seed=cfg.seed, weight_decay=0.01)
+    hist = train(model, tok, examples, None, tcfg, progress=cfg.progress, desc="seed")
+    rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec,
+           "metrics": measure_tiny(model, tok, cfg), "reach": cfg.seed_digits,
+           "course": vars(controller.Course()), "train": summarize(hist),
+           "decisions": [f"seed model: {cfg.seed_steps} steps on {len(examples)} ground-truth additions "
+                         f"of 1..{cfg.seed_digits} digits"]}
+    lineage.save_generation(run, rec, examples, [], model, tok)
+    return rec
+
+
+def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
+    parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
+    seed = gen_seed(cfg, g)
+    torch.manual_seed(seed)
+    model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
+    course, reach = controller.Course(**last["course"]), parent["reach"]
+    k = max(1, round(cfg.samples * course.samples_scale))
+
+    def self_label(problems):  # 4 + 5: k samples each, keep the majority answer if it passes both filters
+        outs = answers(model, tok, [p.prompt for p in problems], k, cfg.temperature, cfg.target_digits + 2,
+                       seed, chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
+        votes = [tinyadd.majority(o) for o in outs]
+        return [(p, a) for p, (a, share) in zip(problems, votes) if share >= cfg.min_vote and tinyadd.length_ok(p, a)]
+
+    # 1. Probe (label-free): how often the model's samples agree on lengths just beyond its reach.
+    lengths = range(reach + 1, min(reach + cfg.max_jump, cfg.target_digits) + 1)
+    consistency = {d: len(self_label(tinyadd.problems(PROBE, d, cfg.probe_n, exact=False))) / cfg.probe_n
+                   for d in lengths}
+
+    # 2. Plan: label reach+1, and further lengths whose answers already agree.
+    targets, notes = controller.tiny_targets(reach, consistency, cfg.mastery, cfg.max_jump, cfg.target_digits)
+
+    # 3. Generate: unlabelled problems of the target lengths from this generation's own seed space.
+    per = cfg.problems // len(targets)
+    problems = tinyadd.disjoint([p for d in targets for p in tinyadd.problems(f"self{g}", d, per, exact=False)],
+                                tiny_heldout_keys(cfg))
+
+    # 4 + 5. Solve and filter: length filter and majority vote; no ground truth enters the data.
+    labelled = self_label(problems)
+    precision = sum(tinyadd.check(p, a) for p, a in labelled) / max(1, len(labelled))  # measured, never used
+    sft = [Example(p.prompt, a) for p, a in labelled]
+
+    # 6. Train: self-labels + replay of earlier self-labels; the seed data is the retention set (PCGrad).
+    retention = lineage.read_examples(lineage.gen_dir(run, 0) / "data.jsonl")
+    tcfg = train_config(cfg, course, seed, weight_decay=0.01)
+    hist = train(model, tok, sft + replay(run, recs, cfg.replay, seed), retention, tcfg, progress=cfg.progress) \
+        if sft else {"loss_new": []}
+
+    # 7. Gate.
+    metrics = measure_tiny(model, tok, cfg)
+    accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
+                             cfg.refusal_tolerance, cfg.retention_tolerance)
+    if not sft:
+        accept, reasons = False, reasons + ["FAIL: no self-label passed the filters"]
+    course, why = (controller.after_accept if accept else controller.after_rollback)(course)
+
+    # 8. Checkpoint.
+    rec = {"generation": g, "parent": parent["generation"], "accepted": accept, "metrics": metrics,
+           "reach": max(targets) if accept else reach, "course": vars(course), "probe": consistency,
+           "plan": {"targets": targets, "samples": k},
+           "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision},
+           "train": summarize(hist), "decisions": [*notes, *reasons, why]}
+    lineage.save_generation(run, rec, sft, [], model if accept else None, tok)
+    return rec
+
+
+# ===================================================================================== the run
+def run(cfg: EvolveConfig, out: Path, on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Run (or continue) the recipe in ``out`` until ``cfg.generations`` generations or the time budget."""
+    out = Path(out)
+    lineage.init_run(out, cfg)
+    recs = lineage.records(out)
+    t0, spent = time.perf_counter(), sum(r.get("wall_s", 0) for r in recs)
+    start, step = (tiny_start, tiny_generation) if cfg.recipe is Recipe.TINYADD else (chat_start, chat_generation)
+    while len(recs) <= cfg.generations:
+        used = spent + time.perf_counter() - t0
+        if recs and cfg.budget and used >= cfg.budget * 60:
+            log.info("time budget of %.0f min spent (%.1f min); stopping after generation %d",
+                     cfg.budget, used / 60, len(recs) - 1)
+            break
+        g0 = time.perf_counter()
+        rec = start(cfg, out) if not recs else step(len(recs), cfg, out, recs)
+        rec = finish(out, rec, time.perf_counter() - g0)
+        recs.append(rec)
+        lineage.write_summary(out, recs)
+        if rec["accepted"]:
+            keep = {rec["generation"], best(recs)["generation"]}
+            lineage.prune(out, recs, keep)
+        if on_generation:
+            on_generation(rec)
+    return summary(cfg, out, recs)
+
+
+def finish(out: Path, rec: dict, wall_s: float) -> dict:
+    """Record the wall time (rewrite lineage.json) and store an accepted model as a delta of its parent."""
+    import json
+
+    from ..fileio import atomic_write_json
+
+    rec = {**json.loads((lineage.gen_dir(out, rec["generation"]) / "lineage.json").read_text()),
+           "wall_s": round(wall_s, 1)}
+    if rec["accepted"] and isinstance(rec["parent"], int):
+        parent_rec = lineage.records(out)[rec["parent"]]
+        delta = lineage.store_delta(out, rec["generation"], lineage.model_path(out, parent_rec))
+        rec["delta"] = delta
+    atomic_write_json(lineage.gen_dir(out, rec["generation"]) / "lineage.json", rec)
+    return rec
+
+
+def best(recs: list[dict]) -> dict:
+    return max((r for r in recs if r["accepted"]), key=lambda r: (r["metrics"]["score"], r["generation"]))
+
+
+def summary(cfg: EvolveConfig, out: Path, recs: list[dict]) -> dict:
+    first, last = recs[0]["metrics"], lineage.latest_accepted(recs)["metrics"]
+    keys = ("headline", "score", "retention", "ppl", "refusal_rate")
+    return {"run_dir": str(out), "generations": len(recs) - 1, "accepted": sum(r["accepted"] for r in recs[1:]),
+            "wall_s": round(sum(r.get("wall_s", 0) for r in recs), 1),
+            "start": {k: first.get(k) for k in keys}, "final": {k: last.get(k) for k in keys},
+            "final_heldout": last["heldout"], "best_generation": best(recs)["generation"],
+            "latest_generation": lineage.latest_accepted(recs)["generation"]}
+
+
+def resume(out: Path, on_generation: Callable[[dict], None] | None = None, **overrides) -> dict:
+    """Continue the run in ``out`` with its own config (``overrides`` may extend generations or budget)."""
+    import dataclasses
+
+    cfg = lineage.load_config(out)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+        from ..config import to_dict
+        from ..fileio import atomic_write_json
+        atomic_write_json(Path(out) / "run.json", {"format": lineage.RUN_FORMAT, "version": lineage.RUN_VERSION,
+                                                   "config": to_dict(cfg)})
+    return run(cfg, out, on_generation)

@@ -1,0 +1,113 @@
+"""Reversed addition for the from-scratch recipe (Lee et al. 2025, "Self-Improving Transformers").
+
+Format (character level, no chat template): both operands and the sum are written least-significant digit
+first, so the model emits the carry chain in the order it computes it::
+
+    prompt  "321+54="   (123 + 45)
+    answer  "861"       (168 reversed), then <eos>
+
+Seed spaces are strings, as in ``leanlm.eval.tasks``: ``"{split}/tinyadd/{digits}/{index}"``; held-out
+problems use split ``"heldout"`` and have both operands exactly ``digits`` long, training problems use any
+other split name. ``disjoint`` drops training problems whose operands occur in a held-out set.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+HELDOUT = "heldout"
+SEED = "seed"          # the only ground-truth-labelled training data
+SELF = "self"          # problems the model labels itself
+
+
+@dataclass(frozen=True)
+class AddProblem:
+    a: int
+    b: int
+    split: str = SEED
+
+    @property
+    def digits(self) -> int:
+        return max(len(str(self.a)), len(str(self.b)))
+
+    @property
+    def prompt(self) -> str:
+        return f"{str(self.a)[::-1]}+{str(self.b)[::-1]}="
+
+    @property
+    def answer(self) -> str:
+        return str(self.a + self.b)[::-1]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.a, self.b)
+
+    @property
+    def skill(self) -> str:
+        return f"tinyadd:{self.digits}"
+
+
+def _number(rng: random.Random, length: int) -> int:
+    return rng.randint(10 ** (length - 1) if length > 1 else 0, 10 ** length - 1)
+
+
+def sample(rng: random.Random, digits: int, exact: bool, split: str) -> AddProblem:
+    """One problem. ``exact``: both operands have ``digits`` digits; otherwise the longer one has exactly
+    ``digits`` and the other a uniform length in 1..digits (Lee et al.'s mixed-length training data)."""
+    if exact:
+        return AddProblem(_number(rng, digits), _number(rng, digits), split)
+    la, lb = digits, rng.randint(1, digits)
+    if rng.random() < 0.5:
+        la, lb = lb, la
+    return AddProblem(_number(rng, la), _number(rng, lb), split)
+
+
+def problems(split: str, digits: int, n: int, exact: bool, start: int = 0, strict: bool = True) -> list[AddProblem]:
+    """``n`` distinct problems of one seed space, deterministic in (split, digits, index). Small spaces
+    (1-2 digits) hold fewer: ``strict=False`` returns what there is."""
+    out, seen, i = [], set(), start
+    while len(out) < n:
+        if i - start > 20 * n + 100:
+            if not strict:
+                break
+            raise ValueError(f"tinyadd:{digits} ({split}) has fewer than {n} distinct problems")
+        p = sample(random.Random(f"{split}/tinyadd/{digits}/{i}"), digits, exact, split)
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append(p)
+        i += 1
+    return out
+
+
+def heldout(digits: int, n: int) -> list[AddProblem]:
+    return problems(HELDOUT, digits, n, exact=True)
+
+
+def seed_set(max_digits: int, n: int, split: str = SEED) -> list[AddProblem]:
+    """Ground-truth seed data: lengths 1..max_digits in equal shares (the longer operand's length)."""
+    per = -(-n // max_digits)
+    return [p for d in range(1, max_digits + 1) for p in problems(split, d, per, exact=False, strict=False)][:n]
+
+
+def disjoint(train: list[AddProblem], held: list[AddProblem]) -> list[AddProblem]:
+    banned = {p.key for p in held}
+    return [p for p in train if p.key not in banned]
+
+
+def check(p: AddProblem, output: str) -> bool:
+    return output.strip() == p.answer
+
+
+def length_ok(p: AddProblem, output: str) -> bool:
+    """Lee et al.'s length filter: a sum of numbers with at most d digits has d or d+1 digits, no leading zero."""
+    out = output.strip()
+    return out.isdigit() and len(out) in (p.digits, p.digits + 1) and (len(out) == 1 or out[-1] != "0")
+
+
+def majority(outputs: list[str]) -> tuple[str, float]:
+    """The most common answer among samples and the share of samples that gave it."""
+    if not outputs:
+        return "", 0.0
+    answer, votes = Counter(o.strip() for o in outputs).most_common(1)[0]
+    return answer, votes / len(outputs)

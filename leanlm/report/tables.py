@@ -55,3 +55,14 @@ def render_mapping(title: str, doc: dict) -> None:
             v = str(v) if len(str(v)) < 80 else f"<{type(v).__name__} of {len(v)}>"
         t.add_row(str(k), str(v))
     console.print(t)
+
+
+def render_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table from already formatted cells (the report's tables, shown in the terminal)."""
+    t = Table(title=title)
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    # Wide tables stay readable in logs and pipes (no terminal width to fit).
+    (console if console.is_terminal else Console(width=max(console.width, 220))).print(t)

@@ -1,0 +1,182 @@
+"""Encode / decode one flat array of float bit patterns into chunked, field-split, entropy-coded words.
+
+Pure math over numpy arrays (no files). A tensor's values (an unsigned-integer view) are cut into chunks
+of ``chunk_values``; each chunk's fields (see ``layout``) are stored in one of three modes, whichever is
+smallest: CONST (one value, no words), RAW (bit-packed) or RANS (coded with a per-chunk frequency table).
+
+An encoded array is four numpy arrays: ``words`` (uint32, every chunk's field data back to back),
+``index`` (int64, ``(chunks, fields, 4)``: mode, word offset, word count, aux = const value or table
+offset), ``tables`` (uint16: ``lo, count, freq[count]`` per RANS entry) and the layout. Chunks decode
+independently, so decoding runs on as many threads as asked (numba kernels release the GIL).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ...config import require
+from . import rans
+from .layout import Layout
+
+CONST, RAW, RANS = 0, 1, 2
+MODE_NAMES = {CONST: "const", RAW: "raw", RANS: "rans"}
+TABLE_BYTES_FACTOR = 0.6   # tables are zstd-compressed in the container; estimate for mode choice
+ERR_MODE, ERR_RANGE = 5, 6
+
+
+class CodecError(ValueError):
+    """Encoded data is inconsistent or corrupt; the message says which chunk and field."""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    chunk_values: int = 1 << 18   # values per independently decodable chunk
+    prob_bits: int = 14           # rANS frequency precision (lookup table of 2**prob_bits entries)
+    min_gain: float = 0.02        # code a field chunk only if that saves this fraction of its raw size
+                                  # (a near-uniform field costs decode time for almost no bytes)
+
+    def __post_init__(self) -> None:
+        require(1 << 10 <= self.chunk_values <= 1 << 24, f"chunk_values {self.chunk_values} not in [2^10, 2^24]")
+        require(8 <= self.prob_bits <= 15, f"prob_bits {self.prob_bits} not in [8, 15]")
+        require(0.0 <= self.min_gain < 0.5, f"min_gain {self.min_gain} not in [0, 0.5)")
+
+
+@dataclass
+class Encoded:
+    words: np.ndarray    # uint32
+    index: np.ndarray    # int64 (chunks, fields, 4)
+    tables: np.ndarray   # uint16
+    layout: Layout
+    count: int
+    config: CodecConfig
+
+    @property
+    def nbytes(self) -> int:
+        return self.words.nbytes + self.index.nbytes + self.tables.nbytes
+
+    def mode_counts(self) -> dict[str, int]:
+        modes = self.index[..., 0].ravel()
+        return {name: int((modes == m).sum()) for m, name in MODE_NAMES.items()}
+
+
+def _encode_field(vals: np.ndarray, bits: int, prob_bits: int, min_gain: float):
+    """(mode, words, aux, table) for one chunk's field values (uint32, each < 2**bits)."""
+    counts = np.bincount(vals, minlength=1 << bits)
+    used = np.flatnonzero(counts)
+    if used.size == 1:
+        return CONST, None, int(used[0]), None
+    raw_words = (vals.size * bits + 31) // 32
+    if used.size <= (1 << prob_bits):
+        freq = rans.normalize_freqs(counts, prob_bits)
+        lo, hi = int(used[0]), int(used[-1])
+        table_words = (hi - lo + 3) / 2 * TABLE_BYTES_FACTOR
+        est = rans.coded_bits(counts, freq, prob_bits) / 32 + 2 * rans.LANES + table_words
+        if est < raw_words * (1 - min_gain):
+            words = rans.encode(vals, freq.astype(np.uint32), prob_bits)
+            table = np.concatenate([[lo, hi - lo + 1], freq[lo:hi + 1]]).astype(np.uint16)
+            if words.size + table_words < raw_words * (1 - min_gain):
+                return RANS, words, 0, table
+    return RAW, rans.pack_bits(vals, bits), 0, None
+
+
+def _encode_chunk(chunk: np.ndarray, layout: Layout, cfg: CodecConfig):
+    return [_encode_field(layout.symbols(chunk, f), bits, cfg.prob_bits, cfg.min_gain)
+            for f, bits in enumerate(layout.field_bits())]
+
+
+def encode(values: np.ndarray, layout: Layout, config: CodecConfig = CodecConfig(), threads: int = 1) -> Encoded:
+    """Encode a flat unsigned-integer array ``values`` (dtype ``layout.uint``)."""
+    values = np.ascontiguousarray(values).ravel()
+    if values.dtype != layout.uint:
+        raise TypeError(f"layout {layout.name} expects {np.dtype(layout.uint)} values, got {values.dtype}")
+    c = config.chunk_values
+    starts = range(0, values.size, c)
+    job = lambda s: _encode_chunk(values[s:s + c], layout, config)  # noqa: E731
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            chunks = list(pool.map(job, starts))
+    else:
+        chunks = [job(s) for s in starts]
+    index = np.zeros((len(chunks), len(layout.fields), 4), np.int64)
+    words, tables, w_off, t_off = [], [], 0, 0
+    for ci, fields in enumerate(chunks):
+        for fi, (mode, w, aux, table) in enumerate(fields):
+            n = 0 if w is None else w.size
+            if table is not None:
+                aux = t_off
+                tables.append(table)
+                t_off += table.size
+            index[ci, fi] = (mode, w_off, n, aux)
+            if w is not None:
+                words.append(w)
+            w_off += n
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+    return Encoded(cat(words, np.uint32), index, cat(tables, np.uint16), layout, int(values.size), config)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_range(c0, c1, words, index, tables, patt, bits, chunk, prob_bits, out, status):
+    lut = np.empty(1 << prob_bits, np.uint64)
+    for c in range(c0, c1):
+        start = c * chunk
+        stop = min(start + chunk, out.size)
+        o = out[start:stop]
+        for f in range(index.shape[1]):
+            mode, off, cnt, aux = index[c, f, 0], index[c, f, 1], index[c, f, 2], index[c, f, 3]
+            first = f == 0
+            err = 0
+            if off < 0 or cnt < 0 or off + cnt > words.size:
+                err = ERR_RANGE
+            elif mode == CONST:
+                if aux < 0 or aux >= (1 << bits[f]) or cnt != 0:
+                    err = ERR_RANGE
+                else:
+                    v = o.dtype.type(patt[f, aux])
+                    for i in range(o.size):
+                        o[i] = v if first else o[i] | v
+            elif mode == RAW:
+                err = rans.unpack_into(words[off:off + cnt], bits[f], o, patt[f, :1 << bits[f]], first)
+            elif mode == RANS:
+                err = rans.build_lut(tables, aux, patt[f, :1 << bits[f]], prob_bits, lut)
+                if err == 0:
+                    err = rans.decode_into(words[off:off + cnt], lut, prob_bits, o, first)
+            else:
+                err = ERR_MODE
+            if err != 0:
+                status[c] = err * 256 + f
+                break
+
+
+ERROR_TEXT = {**rans.ERROR_TEXT, ERR_MODE: "unknown field mode", ERR_RANGE: "field data out of range"}
+
+
+def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode to a flat array of ``enc.layout.uint``; raises ``CodecError`` naming the bad chunk/field."""
+    layout, cfg = enc.layout, enc.config
+    nchunks = -(-enc.count // cfg.chunk_values)
+    if enc.index.shape != (nchunks, len(layout.fields), 4):
+        raise CodecError(f"index shape {enc.index.shape} does not match {enc.count} values in "
+                         f"{nchunks} chunks of {len(layout.fields)} fields")
+    if out is None:
+        out = np.empty(enc.count, layout.uint)
+    patt = layout.patterns()
+    bits = np.array(layout.field_bits(), np.int64)
+    status = np.zeros(nchunks, np.int64)
+    args = (enc.words, np.ascontiguousarray(enc.index), enc.tables, patt, bits, cfg.chunk_values,
+            cfg.prob_bits, out, status)
+    threads = max(1, min(threads, nchunks))
+    if threads == 1:
+        _decode_range(0, nchunks, *args)
+    else:
+        bounds = np.linspace(0, nchunks, threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda k: _decode_range(bounds[k], bounds[k + 1], *args), range(threads)))
+    bad = np.flatnonzero(status)
+    if bad.size:
+        c = int(bad[0])
+        code, field = divmod(int(status[c]), 256)
+        raise CodecError(f"chunk {c} field {field} ({layout.fields[field]}): {ERROR_TEXT.get(code, code)}")
+    return out

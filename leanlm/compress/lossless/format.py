@@ -1,0 +1,147 @@
+"""The leanlm lossless on-disk format: the one place that specifies it (versioned, checked on read).
+
+An output directory holds:
+
+* ``leanlm.json`` - the manifest: ``format`` (= ``FORMAT``), ``format_version``, ``kind`` (``model`` or
+  ``delta``), the config that made it, and one entry per original file: ``path`` (relative), ``size``,
+  ``sha256`` and how it is stored: ``safetensors`` (re-encoded into a container), ``copy`` (verbatim under
+  ``data/``) or ``parent`` (delta only: identical to the parent's file of the same path).
+* ``data/<path minus .safetensors>.lossless.safetensors`` - a container per original safetensors file: an
+  ordinary safetensors file (inspect it with any safetensors reader) whose tensors are the coded planes of
+  each original tensor, named ``<tensor>:words`` (uint32 coded words), ``<tensor>:index`` (int64 chunk index),
+  ``<tensor>:tables`` (uint8, zstd-compressed uint16 frequency tables) and ``<tensor>:raw`` (uint8, dtypes
+  passed through). Its ``__metadata__`` holds ``CONTAINER_KEY`` -> JSON: magic, format version, the original
+  file's header bytes (base64, so the file is rebuilt byte for byte) and per tensor: dtype, shape, byte
+  range in the original data section, sha256 of the original bytes, and the codec with its parameters.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import PurePosixPath
+
+from .codec import CodecConfig
+from .layout import DTYPE_SIZES, Layout
+
+FORMAT = "leanlm.lossless"
+FORMAT_VERSION = 1
+MAGIC = "LEANLM-LOSSLESS"
+CONTAINER_KEY = "leanlm.lossless"
+MANIFEST = "leanlm.json"
+DATA_DIR = "data"
+CONTAINER_SUFFIX = ".lossless.safetensors"
+
+# Codecs of one tensor.
+RANS = "rans"        # field-split rANS (layout per dtype)
+XOR = "xor-rans"     # delta: XOR with the parent tensor's bits, then field-split rANS
+RAW = "raw"          # stored as is (dtypes without a float layout)
+EMPTY = "empty"      # zero elements
+CODECS = (RANS, XOR, RAW, EMPTY)
+PLANES = ("words", "index", "tables", "raw")
+
+# Bounds that keep a lying header from asking for unbounded work or memory.
+MAX_HEADER_BYTES = 100 << 20     # safetensors' own limit
+MAX_TENSOR_BYTES = 1 << 40
+MAX_DIMS = 16
+
+
+class FormatError(ValueError):
+    """A file does not follow this format; the message names the file and tensor."""
+
+
+def plane_key(tensor: str, plane: str) -> str:
+    return f"{tensor}:{plane}"
+
+
+def container_path(rel: str) -> str:
+    """Where the container for original file ``rel`` lives inside the output directory."""
+    p = PurePosixPath(rel)
+    return str(PurePosixPath(DATA_DIR) / p.with_name(p.name.removesuffix(".safetensors") + CONTAINER_SUFFIX))
+
+
+def copy_path(rel: str) -> str:
+    return str(PurePosixPath(DATA_DIR) / rel)
+
+
+def check_relpath(rel: object, what: str) -> str:
+    """A manifest path must stay inside the directory (no absolute paths, no '..')."""
+    if not isinstance(rel, str) or not rel:
+        raise FormatError(f"{what}: path {rel!r} is not a non-empty string")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or "\\" in rel:
+        raise FormatError(f"{what}: path {rel!r} leaves the output directory")
+    return rel
+
+
+def encode_header(header: bytes) -> str:
+    return base64.b64encode(header).decode("ascii")
+
+
+def decode_header(text: object, where: str) -> bytes:
+    if not isinstance(text, str) or len(text) > MAX_HEADER_BYTES * 4 // 3 + 8:
+        raise FormatError(f"{where}: original header missing or too large")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as e:
+        raise FormatError(f"{where}: original header is not valid base64 ({e})") from e
+
+
+def container_meta(rel: str, header: bytes, tensors: dict[str, dict]) -> dict[str, str]:
+    doc = {"magic": MAGIC, "format_version": FORMAT_VERSION, "file": rel,
+           "original_header": encode_header(header), "tensors": tensors}
+    return {CONTAINER_KEY: json.dumps(doc, separators=(",", ":"))}
+
+
+def parse_container_meta(metadata: dict | None, where: str) -> dict:
+    """The container document from a safetensors ``__metadata__``, checked for magic and version."""
+    if not metadata or CONTAINER_KEY not in metadata:
+        raise FormatError(f"{where}: not a leanlm lossless container (no '{CONTAINER_KEY}' metadata)")
+    try:
+        doc = json.loads(metadata[CONTAINER_KEY])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise FormatError(f"{where}: container metadata is not valid JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
+        raise FormatError(f"{where}: bad magic {doc.get('magic') if isinstance(doc, dict) else doc!r}")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{where}: format version {doc.get('format_version')} is not {FORMAT_VERSION} "
+                          f"(written by another leanlm version)")
+    if not isinstance(doc.get("tensors"), dict):
+        raise FormatError(f"{where}: container lists no tensors")
+    return doc
+
+
+def check_tensor_meta(name: str, meta: object, where: str) -> dict:
+    """Validate one tensor entry; returns it. Every number a decoder will trust is bounded here."""
+    what = f"{where}: tensor '{name}'"
+    if not isinstance(meta, dict):
+        raise FormatError(f"{what}: entry is not an object")
+    dtype, shape, codec = meta.get("dtype"), meta.get("shape"), meta.get("codec")
+    if dtype not in DTYPE_SIZES:
+        raise FormatError(f"{what}: unknown dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise FormatError(f"{what}: invalid shape {shape!r}")
+    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+    if nbytes > MAX_TENSOR_BYTES:
+        raise FormatError(f"{what}: {nbytes} bytes exceeds the {MAX_TENSOR_BYTES}-byte limit")
+    offs = meta.get("offsets")
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
+            or offs[0] < 0 or offs[1] - offs[0] != nbytes):
+        raise FormatError(f"{what}: offsets {offs!r} do not match {nbytes} bytes")
+    sha = meta.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise FormatError(f"{what}: missing sha256")
+    if codec not in CODECS or (codec == EMPTY) != (nbytes == 0):
+        raise FormatError(f"{what}: codec {codec!r} does not fit {nbytes} bytes")
+    if codec in (RANS, XOR):
+        try:
+            meta["_layout"] = Layout.from_json(meta["layout"])
+            meta["_config"] = CodecConfig(chunk_values=meta["chunk_values"], prob_bits=meta["prob_bits"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{what}: invalid codec parameters ({e})") from e
+        if nbytes % (meta["_layout"].width // 8):
+            raise FormatError(f"{what}: {nbytes} bytes is not a whole number of {meta['_layout'].width}-bit values")
+    if codec == XOR and not (isinstance(meta.get("parent_sha256"), str) and len(meta["parent_sha256"]) == 64):
+        raise FormatError(f"{what}: delta entry lacks the parent tensor's sha256")
+    return meta

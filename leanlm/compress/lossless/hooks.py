@@ -1,0 +1,89 @@
+"""On-the-fly decoding: weights stay entropy coded in memory and are decoded just before the module that
+uses them runs (forward pre-hook), then freed (forward hook) - as DFloat11 does on GPU.
+
+Which modules are decode units is data (``UNIT_PATTERNS``), not code: each decoder layer, the embedding and
+the output head. A tied output head shares the embedding's parameter and is decoded again when it runs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import codec
+from .codec import Encoded
+
+# Module names (regex, full match) whose parameters are decoded on the fly.
+UNIT_PATTERNS: tuple[str, ...] = (r"(model\.)?embed_tokens", r"(model\.)?layers\.\d+", r"lm_head",
+                                  r"(model\.)?decoder\.layers\.\d+", r"transformer\.h\.\d+")
+
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+                "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+
+
+@dataclass
+class CodedTensor:
+    enc: Encoded
+    dtype: str          # stored safetensors dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return self.enc.nbytes
+
+    def decode(self, threads: int) -> torch.Tensor:
+        values = codec.decode(self.enc, threads=threads)
+        return torch.from_numpy(values).view(TORCH_DTYPES[self.dtype]).reshape(self.shape)
+
+
+class LazyWeights:
+    """Holds coded weights for a model's decode units and materialises them around each unit's forward."""
+
+    def __init__(self, model: torch.nn.Module, coded: dict[str, CodedTensor], dtype: torch.dtype, threads: int = 1):
+        self.dtype, self.threads = dtype, threads
+        self.coded = coded
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        owner = {id(by_name[n]): n for n in coded if n in by_name}   # parameter object -> coded tensor name
+        self.units: dict[str, list[tuple[torch.nn.Parameter, str]]] = {}
+        self.handles = []
+        for mname, module in model.named_modules():
+            if not any(re.fullmatch(p, mname) for p in UNIT_PATTERNS):
+                continue
+            params = [(p, owner[id(p)]) for p in module.parameters() if id(p) in owner]
+            if not params:
+                continue
+            self.units[mname] = params
+            self.handles.append(module.register_forward_pre_hook(self._pre(mname)))
+            self.handles.append(module.register_forward_hook(self._post(mname)))
+        for params in self.units.values():
+            for p, _ in params:
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
+    def _pre(self, unit: str):
+        def hook(module, args):
+            for p, name in self.units[unit]:
+                c = self.coded[name]
+                p.data = c.decode(self.threads).to(device=p.device, dtype=self.dtype)
+        return hook
+
+    def _post(self, unit: str):
+        def hook(module, args, output):
+            for p, _ in self.units[unit]:
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        return hook
+
+    def coded_bytes(self) -> int:
+        managed = {name for params in self.units.values() for _, name in params}
+        return sum(self.coded[n].nbytes for n in managed)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def keep_coded(enc: Encoded) -> Encoded:
+    """Own copies of the planes (detached from the container file)."""
+    return Encoded(np.array(enc.words), np.array(enc.index), np.array(enc.tables), enc.layout, enc.count, enc.config)

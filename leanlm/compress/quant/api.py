@@ -7,13 +7,14 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from ...config import to_dict
+from ...config import from_dict, to_dict
 from ..calib import calibration_ids
 from .checkpoint import load_quantized, save_quantized
 from .config import Method, QuantConfig
@@ -39,11 +40,17 @@ def calibration_summary(model) -> dict:
     return info
 
 
+def config_from_options(options: dict) -> QuantConfig:
+    """``QuantConfig`` from CLI/caller options: keys naming config fields override the defaults."""
+    names = {f.name for f in dataclasses.fields(QuantConfig)}
+    return from_dict(QuantConfig, {k: v for k, v in options.items() if k in names and v is not None})
+
+
 def compress_cli(spec: str, out: Path, options: dict) -> dict:
     """``leanlm compress``: load ``spec`` (bf16), quantise with ``options["method"]``, save to ``out``."""
     from ...models import load
 
-    cfg = QuantConfig(method=Method(options["method"]))
+    cfg = config_from_options(options)
     t0 = time.perf_counter()
     model, tok = load(spec, dtype="bf16")
     with torch.no_grad():

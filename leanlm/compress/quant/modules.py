@@ -9,6 +9,11 @@
   when it is not (SmolLM2: K=576, group 128) the codes are padded to the next multiple with zero
   columns and the activations with zeros (the padding contributes exactly nothing).
 
+Weight-only kernels are GEMV-shaped: fast for decoding (a few rows), slower than the dense bf16 GEMM
+for long prompts. So for inputs of more than ``dense_rows`` rows (prefill, perplexity) the int8 / int4
+modules dequantise their weights into a transient dense matrix and call the dense GEMM; the integer
+weights stay the only copy held in memory. ``dense_rows=0`` disables this (kernel only).
+
 Each module serialises to a portable dict of tensors (``tensors()``) and back (``from_tensors``); the
 checkpoint format lives in ``checkpoint.py``. Scales are kept in the model dtype, as the kernels want.
 """
@@ -19,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .primitives import INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token, unpack_int4
+
+
+DENSE_ROWS = 32   # rows above which weight-only modules use dequantise + dense GEMM (see module doc)
 
 
 def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,8 +57,10 @@ class Int8Linear(_QuantLinear):
 
     kind = "int8"
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 dense_rows: int = DENSE_ROWS) -> None:
         super().__init__(qweight.shape[1], qweight.shape[0], bias)
+        self.dense_rows = dense_rows
         self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
         self.register_buffer("scale", scale)                                    # (N,) model dtype
 
@@ -59,8 +69,15 @@ class Int8Linear(_QuantLinear):
         q, s = quantize_int8(linear.weight.detach(), scale_dtype=dtype)
         return cls(q, s.to(dtype), None if linear.bias is None else linear.bias.detach().to(dtype))
 
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int8pack_mm(_flat(x, self.in_features), self.qweight, self.scale)
+        x2 = _flat(x, self.in_features)
+        if self.dense_rows and x2.shape[0] > self.dense_rows:
+            y = F.linear(x2, self.dequantized(x.dtype))
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -108,15 +125,18 @@ class Int4Linear(_QuantLinear):
     kind = "int4"
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, dense_rows: int = DENSE_ROWS) -> None:
         n, k = codes.shape
         super().__init__(k, n, bias)
-        self.group = group
+        self.group, self.dense_rows = group, dense_rows
         self.padded_in = n_groups(k, group) * group
         codes32 = F.pad(codes.to(torch.int32), (0, self.padded_in - k), value=INT4_MID)
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes32, 1))
         # (G, N, 2): the kernel's layout, [..., 0] = scale, [..., 1] = zero
         self.register_buffer("scales_zeros", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
+        # The packed layout is the kernel's business; where it is the one we know how to read (x86 builds:
+        # blocks of 64 rows, byte j of column k = rows j | j+32 << 4), dense dequantisation reads it directly.
+        self.layout_known = n % 64 == 0 and torch.equal(_unpack_cpu_int4(self.packed, n, self.padded_in), codes32)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype, group: int = 128,
@@ -124,17 +144,29 @@ class Int4Linear(_QuantLinear):
         q, s, z = quantize_int4(linear.weight.detach(), group, clip, scale_dtype=dtype)
         return cls(q, s.to(dtype), z.to(dtype), group, None if linear.bias is None else linear.bias.detach().to(dtype))
 
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """Dense (N, padded K) weights in ``dtype`` (padding columns are multiplied by zero inputs)."""
+        n, g = self.out_features, self.padded_in // self.group
+        codes = _unpack_cpu_int4(self.packed, n, self.padded_in).to(dtype).view(n, g, self.group)
+        sz = self.scales_zeros.to(dtype).transpose(0, 1)                  # (N, G, 2)
+        return ((codes - INT4_MID) * sz[..., :1] + sz[..., 1:]).view(n, self.padded_in)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.in_features)
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)
+        if self.layout_known and self.dense_rows and x2.shape[0] > self.dense_rows:
+            y = F.linear(x2, self.dequantized(x.dtype))
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)
         return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
 
     @torch.no_grad()
     def codes(self, chunk: int = 512) -> torch.Tensor:
-        """The (N, K) uint8 codes, recovered exactly from the opaque kernel layout by running the kernel
-        on identity rows with scale 1 and zero 8 (so it returns the codes themselves)."""
+        """The (N, K) uint8 codes. Read from the packed layout when it is the known one; otherwise
+        recovered exactly by running the kernel on identity rows with scale 1 and zero 8."""
+        if self.layout_known:
+            return _unpack_cpu_int4(self.packed, self.out_features, self.padded_in)[:, :self.in_features].to(torch.uint8)
         g = self.padded_in // self.group
         unit = torch.stack([torch.ones(g, self.out_features), torch.full((g, self.out_features), float(INT4_MID))], -1)
         rows = []
@@ -156,6 +188,15 @@ class Int4Linear(_QuantLinear):
         codes = unpack_int4(t["qweight"])[:, :in_features]
         bias = t.get("bias")
         return cls(codes, t["scale"].to(dtype), t["zero"].to(dtype), group, None if bias is None else bias.to(dtype))
+
+
+def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes (N, K) int32 from the x86 CPU int4 kernel layout: (N/64, K, 32) bytes, low nibble = row j
+    of the 64-row block, high nibble = row j + 32. Callers check the result against known codes."""
+    if n % 64 or packed.numel() * 2 != n * k:
+        return torch.full((n, k), -1, dtype=torch.int32)
+    p = packed.view(n // 64, k, 32)
+    return torch.cat([p & 0x0F, p >> 4], dim=-1).permute(0, 2, 1).reshape(n, k).to(torch.int32)
 
 
 QUANT_MODULES: dict[str, type[_QuantLinear]] = {m.kind: m for m in (Int8Linear, W8A8Linear, Int4Linear)}

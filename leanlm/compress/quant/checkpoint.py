@@ -108,6 +108,8 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.bfloat16, device
         raise QuantCheckpointError(f"{weights} does not match the checksum in {MANIFEST} (corrupt or modified)")
     cfg = from_dict(QuantConfig, manifest["config"])
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    # As leanlm.models.load does: cast every float buffer too (rotary tables), so outputs match exactly.
+    model.to(dtype)
     modules: dict[str, dict] = manifest["modules"]
     with safe_open(str(weights), framework="pt") as f:
         keys = set(f.keys())

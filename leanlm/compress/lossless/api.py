@@ -118,7 +118,9 @@ def load_model(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "c
             state[name] = torch.frombuffer(bytearray(data), dtype=TORCH_DTYPES.get(meta["dtype"]) or torch.uint8
                                            ).reshape(meta["shape"]) if data.size else torch.empty(meta["shape"])
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
-    return model.to(device).eval(), _tokenizer(path)
+    # Cast buffers too (rotary inv_freq), exactly as leanlm.load does for a plain model directory, so the
+    # decoded model computes the very same logits as the original loaded the usual way.
+    return model.to(device=device, dtype=dtype).eval(), _tokenizer(path)
 
 
 def load_lazy(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", threads: int = 0):

@@ -15,9 +15,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..config import require
 from .lowrank.modules import LowRankLinear, TrainableLowRankLinear
@@ -49,7 +51,18 @@ class RecoveryConfig:
         require(self.lr > 0 and 0 <= self.warmup <= self.steps, "lr > 0 and 0 <= warmup <= steps")
 
 
-def _prepare(model: nn.Module, fake_quant: bool) -> list[nn.Parameter]:
+class _StraightThrough(nn.Module):
+    """Parametrization: the weight as ``fake(w)`` in the forward, identity gradient (STE)."""
+
+    def __init__(self, fake: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fake = fake
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (self.fake(w.detach()) - w).detach()
+
+
+def _prepare(model: nn.Module, fake_quant: bool, weight_fake_quant: Callable | None = None) -> list[nn.Parameter]:
     """Swap int8 layers for trainable ones and return the parameters to train (all others frozen)."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -67,6 +80,8 @@ def _prepare(model: nn.Module, fake_quant: bool) -> list[nn.Parameter]:
         elif isinstance(m, nn.Linear) and m.weight.is_floating_point():
             m.weight.requires_grad_(True)
             params.append(m.weight)
+            if weight_fake_quant is not None:
+                parametrize.register_parametrization(m, "weight", _StraightThrough(weight_fake_quant))
     if not params:
         raise ValueError("recovery found nothing to train at the decomposable positions")
     return params
@@ -75,6 +90,8 @@ def _prepare(model: nn.Module, fake_quant: bool) -> list[nn.Parameter]:
 def _finish(model: nn.Module, finish: Finish, dtype: torch.dtype) -> None:
     for name in target_names(model):
         m = model.get_submodule(name)
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)  # keep trained float w
         if isinstance(m, TrainableLowRankLinear) and finish == Finish.INT8:
             replace_module(model, name, m.to_int8(dtype))
     for p in model.parameters():
@@ -88,14 +105,18 @@ def _lr_at(step: int, cfg: RecoveryConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def recover(model: nn.Module, tok, cfg: RecoveryConfig = RecoveryConfig(), train_ids: torch.Tensor | None = None) -> dict:
-    """Fine-tune ``model`` in place; returns per-step losses, seconds and what was trained."""
+def recover(model: nn.Module, tok, cfg: RecoveryConfig = RecoveryConfig(), train_ids: torch.Tensor | None = None,
+            weight_fake_quant: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Fine-tune ``model`` in place; returns per-step losses, seconds and what was trained.
+
+    ``weight_fake_quant`` (e.g. INT4 quantise-dequantise) is applied with straight-through gradients to
+    the dense linears being trained, for QAT ahead of a quantiser that runs afterwards."""
     from .calib import calibration_ids
 
     if train_ids is None:
         train_ids = calibration_ids(tok, cfg.steps * cfg.batch_size, cfg.seq_len, cfg.seed)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    params = _prepare(model, cfg.fake_quant)
+    params = _prepare(model, cfg.fake_quant, weight_fake_quant)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = params[0].device
     losses, t0 = [], time.perf_counter()

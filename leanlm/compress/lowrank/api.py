@@ -23,7 +23,7 @@ from ...config import from_dict, to_dict
 from .budget import DENSE
 from .config import Execution, LowRankConfig, Method, TTConfig
 from .decompose import count_params, decompose_model
-from .store import load_lowrank, save_lowrank
+from .store import load_lowrank, read_manifest, save_lowrank
 from .ttembed import tt_compress_embedding
 
 log = logging.getLogger(__name__)
@@ -94,5 +94,11 @@ def compress_cli(spec: str, out: Path, options: dict) -> dict:
 
 def load_model(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
                execution: Execution = Execution.FACTORED):
-    """Loader registered for ``"format": "leanlm.lowrank"`` (see ``leanlm.models.specs.ARTIFACT_LOADERS``)."""
+    """Loader registered for ``"format": "leanlm.lowrank"`` (see ``leanlm.models.specs.ARTIFACT_LOADERS``);
+    directories of the combined recipe (``"kind": "combined"``) are handed to ``compress.recipes``."""
+    doc = read_manifest(Path(path), verify=False)
+    if doc.get("kind") == "combined":
+        from ..recipes import load_combined
+
+        return load_combined(Path(path), doc, dtype, device)
     return load_lowrank(Path(path), dtype, device, execution)

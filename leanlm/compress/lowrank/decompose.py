@@ -16,7 +16,7 @@ from torch import nn
 from .budget import DENSE, MatrixBudget, allocate_ranks, target_params, total_kept
 from .config import LowRankConfig, Method
 from .modules import LowRankLinear, TrainableLowRankLinear
-from .svd import singular_values, svd_factors, whitened_svd_factors
+from .svd import decompose, factors_from_svd
 from .targets import replace_module, target_names
 from .whitening import collect_cholesky
 
@@ -51,19 +51,25 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def decompose_model(model: nn.Module, cfg: LowRankConfig, calib_ids: torch.Tensor | None = None,
-                    trainable: bool = False) -> DecomposeReport:
-    """Decompose ``model`` in place; ``calib_ids`` (N, T) are needed for ``Method.WHITENED``."""
+                    trainable: bool = False, chols: dict[str, torch.Tensor] | None = None) -> DecomposeReport:
+    """Decompose ``model`` in place; ``calib_ids`` (N, T) are needed for ``Method.WHITENED`` unless
+    ``chols`` (from ``whitening.collect_cholesky``, reusable across budgets) are given."""
     before = count_params(model)
     names = target_names(model, cfg.include)
     if not names:
         raise ValueError(f"no linear layer matches include={cfg.include}")
-    chols: dict[str, torch.Tensor | None] = {n: None for n in names}
-    if cfg.method == Method.WHITENED:
+    if cfg.method == Method.SVD:
+        chols = {n: None for n in names}
+    elif chols is None:
         if calib_ids is None:
             raise ValueError("whitened SVD needs calibration ids")
         chols = collect_cholesky(model, calib_ids, names, cfg.batch_size, cfg.damping)
     weights = {n: model.get_submodule(n).weight.detach() for n in names}
-    mats = [MatrixBudget(n, *weights[n].shape, singular_values(weights[n], chols[n]) ** 2) for n in names]
+    svds = {}
+    for n in names:  # (U, S, Vh) kept in float32 between scoring and factorising
+        u, s, vh = decompose(weights[n], chols[n])
+        svds[n] = (u.float(), s, vh.float())
+    mats = [MatrixBudget(n, *weights[n].shape, svds[n][1] ** 2) for n in names]
     dense_total = sum(m.dense_params for m in mats)
     budget = target_params(dense_total, cfg.remove)
     ranks = allocate_ranks(mats, budget, cfg.allocation, cfg.allow_dense)
@@ -74,8 +80,8 @@ def decompose_model(model: nn.Module, cfg: LowRankConfig, calib_ids: torch.Tenso
         if r == DENSE:
             continue
         layer = model.get_submodule(m.name)
-        w, chol = weights[m.name], chols[m.name]
-        a, b = svd_factors(w, r) if chol is None else whitened_svd_factors(w, chol, r)
+        w = weights[m.name]
+        a, b = factors_from_svd(*svds.pop(m.name), r, chols[m.name])
         bias = None if layer.bias is None else layer.bias.detach()
         new = (TrainableLowRankLinear(a, b, bias) if trainable
                else LowRankLinear.from_factors(a, b, bias, dtype=w.dtype))

@@ -34,6 +34,25 @@ def whitened_svd_factors(w: torch.Tensor, chol: torch.Tensor, rank: int) -> tupl
     return u[:, :rank] * root, b
 
 
+def decompose(w: torch.Tensor, chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full thin SVD ``(U, S, Vh)`` (float64) of ``W`` or, with ``chol``, of the whitened ``W L``."""
+    m = w.double() if chol is None else w.double() @ chol.double()
+    return torch.linalg.svd(m, full_matrices=False)
+
+
+def factors_from_svd(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int,
+                     chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` factors from a precomputed ``decompose`` (same result as ``svd_factors`` /
+    ``whitened_svd_factors``); lets a caller score every matrix's spectrum before choosing ranks."""
+    if not 1 <= rank <= s.numel():
+        raise ValueError(f"rank {rank} is outside [1, {s.numel()}]")
+    root = s[:rank].double().sqrt()
+    b = root[:, None] * vh[:rank].double()
+    if chol is not None:
+        b = torch.linalg.solve_triangular(chol.double(), b, upper=False, left=False)
+    return u[:, :rank].double() * root, b
+
+
 def singular_values(w: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
     """Singular values (descending, float64) of ``W`` or, with ``chol``, of the whitened ``W L``."""
     m = w.double() if chol is None else w.double() @ chol.double()

@@ -102,12 +102,13 @@ def after_accept(course: Course) -> tuple[Course, str]:
 # ------------------------------------------------------------------ tinyadd: reach by self-consistency
 def tiny_targets(reach: int, consistency: dict[int, float], min_consistency: float, max_jump: int,
                  limit: int) -> tuple[list[int], list[str]]:
-    """Lengths to self-label next: reach+1 always (Lee et al.'s +1 schedule), then each further length
-    whose sampled answers already agree (majority share >= ``min_consistency``), up to ``max_jump`` lengths."""
+    """Lengths to self-label next: reach+1 always (Lee et al.'s +1 schedule), then each further length d
+    while the sampled answers at every length up to d already agree (share of problems whose majority
+    answer passes the filters >= ``min_consistency``), up to ``max_jump`` lengths."""
     first = min(reach + 1, limit)
     targets, notes = [first], [f"reach {reach}: label {first}-digit problems"]
     for d in range(first + 1, min(reach + max_jump, limit) + 1):
-        c = consistency.get(d, 0.0)
+        c = min(consistency.get(d - 1, 0.0), consistency.get(d, 0.0))   # every length up to d must agree
         if c < min_consistency:
             notes.append(f"not {d}: consistency {c:.2f} < {min_consistency}")
             break

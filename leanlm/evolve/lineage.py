@@ -47,6 +47,9 @@ def gen_dir(run: Path, g: int) -> Path:
 def init_run(run: Path, cfg: EvolveConfig) -> None:
     """Create ``run/run.json``; an existing run must have been made with the same config."""
     path = Path(run) / "run.json"
+    for stale in [*Path(run).glob(".gen-*.tmp"), *Path(run).glob(".adapter-*")]:   # left by a killed run
+        log.info("removing %s, left by an interrupted generation", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     if path.is_file():
         if load_config(run) != cfg:
             raise RunDirError(f"{run} holds a run with another config; use --resume {run} or a new --out")

@@ -1,0 +1,164 @@
+"""Unit tests of the evolve building blocks: PCGrad, controller, generator, verifiers, judge agreement, gate."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from leanlm.eval.tasks import problem, problem_set
+from leanlm.evolve import controller, generator, tinyadd
+from leanlm.evolve.discriminator import agreement, parse_verdict, preference_pairs, run_code, sft_examples
+from leanlm.evolve.gate import decide
+from leanlm.evolve.surgery import combine, project_conflicting
+from leanlm.evolve.train import dpo_loss, lr_at, TrainConfig
+
+
+# ------------------------------------------------------------------------------------------- PCGrad
+def test_pcgrad_hand_computed_conflict():
+    # g_new . g_ret = -1, |g_ret|^2 = 2  ->  g_new' = (1,0) + 0.5 * (-1,1) = (0.5, 0.5)
+    g_new, g_ret = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    proj, info = project_conflicting(g_new, g_ret)
+    assert info.projected and info.dot == pytest.approx(-1.0)
+    assert info.cosine == pytest.approx(-1 / math.sqrt(2))
+    torch.testing.assert_close(proj, torch.tensor([0.5, 0.5]))
+    assert float(proj @ g_ret) == pytest.approx(0.0, abs=1e-7)   # no longer conflicts
+    total, _ = combine(g_new, g_ret, surgery=True)
+    torch.testing.assert_close(total, torch.tensor([-0.5, 1.5]))
+    plain, info_off = combine(g_new, g_ret, surgery=False)       # ablation: plain sum
+    torch.testing.assert_close(plain, torch.tensor([0.0, 1.0]))
+    assert not info_off.projected and info_off.dot == pytest.approx(-1.0)
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone():
+    g_new, g_ret = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 2.0])
+    proj, info = project_conflicting(g_new, g_ret)
+    assert not info.projected and torch.equal(proj, g_new)
+    total, _ = combine(g_new, g_ret, surgery=True, ret_weight=0.5)
+    torch.testing.assert_close(total, torch.tensor([1.5, 1.0, 1.0]))
+    with pytest.raises(ValueError):
+        project_conflicting(torch.zeros(3), torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------------------- controller
+def test_controller_on_synthetic_success_table():
+    skills = ("add:1", "add:3", "sort:1", "mul:2")
+    history = [{"add:1": 0.95, "add:3": 0.40, "sort:1": 0.0, "mul:2": 0.80},
+               {"add:1": 0.96, "add:3": 0.50, "sort:1": 0.0, "mul:2": 0.50}]
+    plan = controller.plan(skills, history, total=100, course=controller.Course(), mastery=0.9, max_difficulty=4)
+    # add:1 is mastered -> replaced by add:2 (unprobed: weight of p=0 plus floor)
+    assert plan.skills == ("add:2", "add:3", "sort:1", "mul:2")
+    assert any("add:1 mastered" in d for d in plan.decisions)
+    # mul:2 slipped 0.8 -> 0.5: learnability .25 + progress .30 + slip .30 ; add:3: .25 + .10 ; sort:1: floor only
+    assert plan.weights["mul:2"] == pytest.approx(0.02 + 0.25 + 0.30 + 0.30)
+    assert plan.weights["add:3"] == pytest.approx(0.02 + 0.25 + 0.10)
+    assert plan.weights["sort:1"] == pytest.approx(0.02)
+    assert sum(plan.problems.values()) == 100
+    assert plan.problems["mul:2"] > plan.problems["add:3"] > plan.problems["sort:1"] >= 1
+
+
+def test_controller_rollback_and_tiny_targets():
+    c, why = controller.after_rollback(controller.Course())
+    assert (c.lr_scale, c.samples_scale, c.rollbacks) == (0.5, 1.5, 1) and "rollback" in why
+    targets, _ = controller.tiny_targets(6, {7: 0.99, 8: 0.99, 9: 0.2}, 0.9, 3, 12)
+    assert targets == [7, 8]          # 9 disagrees (0.2)
+    targets, _ = controller.tiny_targets(6, {7: 0.3, 8: 0.99}, 0.9, 3, 12)
+    assert targets == [7]
+    targets, _ = controller.tiny_targets(11, {12: 1.0}, 0.9, 3, 12)
+    assert targets == [12]
+
+
+# ------------------------------------------------------------------------------------------- generator
+def test_mutation_is_nearby_correct_and_never_heldout():
+    rng = random.Random(0)
+    p = problem("add", 3, "train", 5)
+    for i in range(20):
+        m = generator.mutate(p, rng, i)
+        a, b = (int(x.split("=")[1]) for x in m.key.split(":", 2)[2].split("|")[:2])
+        assert int(m.answer) == a + b and len(str(a)) == len(str(b)) == 3
+        changed = sum(x != y for x, y in zip(f"{a:03d}{b:03d}", p.key.split("a=")[1].split("|")[0] +
+                                             p.key.split("b=")[1].split("|")[0]))
+        assert changed == 1
+    held = problem_set("add", 2, 40, split="heldout")
+    adv = generator.adversarial([held[0]], 30, seed=1, heldout=held)
+    assert adv and not {q.key for q in adv} & {h.key for h in held}
+    fresh = generator.fresh("add:2", 50, generation=1, heldout=held)
+    assert len(fresh) == 50 and all(q.split == "train" for q in fresh)
+    assert not {q.key for q in fresh} & {h.key for h in held}
+
+
+def test_proposals_kept_only_when_verifiable():
+    q = generator.proposal_to_problem("3 + 4 * 2", 0)
+    assert q is not None and q.answer == "11" and q.family == "pyexpr" and q.difficulty == 2
+    for bad in ("__import__('os').system('ls')", "2 ** 99", "x + 1", "", "9" * 50, "7"):
+        assert generator.proposal_to_problem(bad, 1) is None, bad
+
+
+# ------------------------------------------------------------------------------------------- tinyadd
+def test_tinyadd_format_and_filters():
+    p = tinyadd.AddProblem(123, 45)
+    assert (p.prompt, p.answer, p.digits) == ("321+54=", "861", 3)
+    assert tinyadd.length_ok(p, "861") and tinyadd.length_ok(p, "0001")
+    assert not tinyadd.length_ok(p, "86") and not tinyadd.length_ok(p, "86x") and not tinyadd.length_ok(p, "8610")
+    assert tinyadd.majority(["861", "861", "871"]) == ("861", pytest.approx(2 / 3))
+    held = tinyadd.heldout(4, 30)
+    assert all(len(str(h.a)) == len(str(h.b)) == 4 for h in held)
+    train = tinyadd.problems("seed", 4, 200, exact=False)
+    assert not {t.key for t in tinyadd.disjoint(train, held)} & {h.key for h in held}
+
+
+# ------------------------------------------------------------------------------------------- discriminator
+def test_sandboxed_code_verifier():
+    code = "def add(a, b):\n    return a + b\n"
+    assert run_code(code, "assert add(2, 3) == 5").status == "pass"
+    wrong = run_code("def add(a, b):\n    return a - b\n", "assert add(2, 3) == 5, 'add(2, 3)'")
+    assert wrong.status == "fail" and "add(2, 3)" in wrong.detail
+    assert run_code("while True:\n    pass\n", "", timeout_s=1.0).status == "timeout"
+    crash = run_code("raise ValueError('boom')", "")
+    assert crash.status == "error" and "boom" in crash.detail
+    assert run_code("x = bytearray(2 * 10**9)", "", memory_mb=200).status == "memory"
+    assert run_code("import os", "assert 'HOME' not in os.environ and 'PATH' not in os.environ").passed  # empty env
+
+
+def test_judge_agreement_hand_computed():
+    verified = [True, True, True, False, False, False, True, False]
+    judged = [True, True, False, False, True, None, True, False]
+    a = agreement(judged, verified)
+    assert (a["tp"], a["tn"], a["fp"], a["fn"], a["abstain"]) == (3, 2, 1, 1, 1)
+    assert a["agreement"] == pytest.approx(5 / 8)
+    # kappa: po = 5/8; judge yes = 4/8, verifier yes = 4/8 -> pe = 0.5 -> kappa = 0.25
+    assert a["kappa"] == pytest.approx(0.25)
+    assert agreement([True, False], [True, False])["kappa"] == pytest.approx(1.0)
+    assert parse_verdict("YES.") is True and parse_verdict("no, it is 12") is False and parse_verdict("maybe") is None
+    with pytest.raises(ValueError):
+        agreement([True], [True, False])
+
+
+def test_sft_and_preference_data():
+    ex = sft_examples(["p1", "p2"], [["5", "5", "6"], ["x", "y"]], [[True, True, False], [False, False]])
+    assert [(e.prompt, e.completion) for e in ex] == [("p1", "5")]
+    pairs = preference_pairs(["p1", "p2"], [["5", "6"], ["7"]], [[True, False], [True]])
+    assert pairs == [{"prompt": "p1", "chosen": "5", "rejected": "6"}]
+
+
+# ------------------------------------------------------------------------------------------- gate, train
+def test_gate_decisions():
+    base = {"score": 0.1, "retention": 0.8, "ppl": 16.0, "refusal_rate": 0.5}
+    parent = {"score": 0.3}
+    good = {"score": 0.4, "retention": 0.78, "ppl": 16.4, "refusal_rate": 0.46, "refusal_kept": 0.96}
+    assert decide(good, parent, base, 0.03, 0.05, 0.05)[0]
+    for key, bad in (("score", 0.29), ("retention", 0.7), ("ppl", 16.6), ("refusal_rate", 0.44), ("refusal_kept", 0.9)):
+        ok, reasons = decide({**good, key: bad}, parent, base, 0.03, 0.05, 0.05)
+        assert not ok and sum(r.startswith("FAIL") for r in reasons) == 1, key
+
+
+def test_dpo_loss_and_schedule():
+    z = torch.zeros(2)
+    assert float(dpo_loss(z, z, z, z)) == pytest.approx(math.log(2))
+    # margin (2 - 0) - (0 - 0) = 2, beta 0.5 -> -log sigmoid(1)
+    loss = dpo_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), beta=0.5)
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-1))))
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=0.01)

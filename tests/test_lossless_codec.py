@@ -136,5 +136,5 @@ def test_decoder_rejects_corrupt_stream():
     v = np.minimum(rng.geometric(0.3, 5000), 4095).astype(np.uint16) << 4
     enc = codec.encode(v, LAYOUTS["BF16"], SMALL)
     enc.words[len(enc.words) // 2] ^= 0x10
-    with pytest.raises(codec.CodecError, match="chunk 0 field 0"):
+    with pytest.raises(codec.CodecError, match=r"chunk \d+ field 0"):
         codec.decode(enc)

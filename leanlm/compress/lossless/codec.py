@@ -14,7 +14,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ...config import require
@@ -117,37 +116,50 @@ def encode(values: np.ndarray, layout: Layout, config: CodecConfig = CodecConfig
     return Encoded(cat(words, np.uint32), index, cat(tables, np.uint16), layout, int(values.size), config)
 
 
-@numba.njit(cache=True, nogil=True)
-def _decode_range(c0, c1, words, index, tables, patt, bits, chunk, prob_bits, out, status):
-    lut = np.empty(1 << prob_bits, np.uint64)
-    for c in range(c0, c1):
-        start = c * chunk
-        stop = min(start + chunk, out.size)
-        o = out[start:stop]
-        for f in range(index.shape[1]):
-            mode, off, cnt, aux = index[c, f, 0], index[c, f, 1], index[c, f, 2], index[c, f, 3]
-            first = f == 0
-            err = 0
-            if off < 0 or cnt < 0 or off + cnt > words.size:
-                err = ERR_RANGE
-            elif mode == CONST:
-                if aux < 0 or aux >= (1 << bits[f]) or cnt != 0:
-                    err = ERR_RANGE
-                else:
-                    v = o.dtype.type(patt[f, aux])
-                    for i in range(o.size):
-                        o[i] = v if first else o[i] | v
-            elif mode == RAW:
-                err = rans.unpack_into(words[off:off + cnt], bits[f], o, patt[f, :1 << bits[f]], first)
-            elif mode == RANS:
-                err = rans.build_lut(tables, aux, patt[f, :1 << bits[f]], prob_bits, lut)
-                if err == 0:
-                    err = rans.decode_into(words[off:off + cnt], lut, prob_bits, o, first)
+def _decode_chunk(c: int, enc: Encoded, patt: np.ndarray, bits: list[int], out: np.ndarray,
+                  lut: np.ndarray) -> tuple[int, int]:
+    """Decode chunk ``c`` into ``out`` (its slice); returns (error code, field). Kernels release the GIL.
+
+    The loop over fields stays in Python on purpose: numba compiles a kernel called from another kernel
+    for non-contiguous slices, which measured 2.2x slower than these direct calls."""
+    chunk = enc.config.chunk_values
+    o = out[c * chunk: (c + 1) * chunk]
+    nwords = enc.words.size
+    rows = enc.index[c].tolist()
+    if len(rows) == 2 and rows[0][0] == RANS and rows[1][0] == RAW and bits[1] == 4:  # bf16 / fp16 fast path
+        (_, off, cnt, aux), (_, off1, cnt1, _) = rows
+        if min(off, cnt, off1, cnt1) < 0 or off + cnt > nwords or off1 + cnt1 > nwords:
+            return ERR_RANGE, 0
+        err = rans.build_lut(enc.tables, aux, patt[0, :1 << bits[0]], enc.config.prob_bits, lut)
+        if err == 0:
+            err = rans.decode_with_nibbles(enc.words[off:off + cnt], lut, enc.config.prob_bits, o,
+                                           enc.words[off1:off1 + cnt1], patt[1, :16])
+        return err, 0
+    for f, (mode, off, cnt, aux) in enumerate(rows):
+        first = f == 0
+        if off < 0 or cnt < 0 or off + cnt > nwords:
+            return ERR_RANGE, f
+        w = enc.words[off:off + cnt]
+        p = patt[f, :1 << bits[f]]
+        if mode == CONST:
+            if not 0 <= aux < p.size or cnt != 0:
+                return ERR_RANGE, f
+            if first:
+                o[:] = p[aux]
             else:
-                err = ERR_MODE
-            if err != 0:
-                status[c] = err * 256 + f
-                break
+                o |= o.dtype.type(p[aux])
+            err = 0
+        elif mode == RAW:
+            err = rans.unpack_into(w, bits[f], o, p, first)
+        elif mode == RANS:
+            err = rans.build_lut(enc.tables, aux, p, enc.config.prob_bits, lut)
+            if err == 0:
+                err = rans.decode_into(w, lut, enc.config.prob_bits, o, first)
+        else:
+            err = ERR_MODE
+        if err:
+            return err, f
+    return 0, 0
 
 
 ERROR_TEXT = {**rans.ERROR_TEXT, ERR_MODE: "unknown field mode", ERR_RANGE: "field data out of range"}
@@ -162,21 +174,24 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None) -> np.
                          f"{nchunks} chunks of {len(layout.fields)} fields")
     if out is None:
         out = np.empty(enc.count, layout.uint)
-    patt = layout.patterns()
-    bits = np.array(layout.field_bits(), np.int64)
-    status = np.zeros(nchunks, np.int64)
-    args = (enc.words, np.ascontiguousarray(enc.index), enc.tables, patt, bits, cfg.chunk_values,
-            cfg.prob_bits, out, status)
+    patt = layout.patterns
+    bits = layout.field_bits()
+    status = np.zeros((nchunks, 2), np.int64)
+
+    def run(chunks) -> None:
+        lut = np.empty(1 << cfg.prob_bits, np.uint64)
+        for c in chunks:
+            status[c] = _decode_chunk(c, enc, patt, bits, out, lut)
+
     threads = max(1, min(threads, nchunks))
     if threads == 1:
-        _decode_range(0, nchunks, *args)
+        run(range(nchunks))
     else:
-        bounds = np.linspace(0, nchunks, threads + 1).astype(int)
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda k: _decode_range(bounds[k], bounds[k + 1], *args), range(threads)))
-    bad = np.flatnonzero(status)
+            list(pool.map(run, [range(k, nchunks, threads) for k in range(threads)]))
+    bad = np.flatnonzero(status[:, 0])
     if bad.size:
         c = int(bad[0])
-        code, field = divmod(int(status[c]), 256)
+        code, field = (int(x) for x in status[c])
         raise CodecError(f"chunk {c} field {field} ({layout.fields[field]}): {ERROR_TEXT.get(code, code)}")
     return out

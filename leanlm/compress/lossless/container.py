@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+import psutil
 import zstandard
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as st_save
@@ -172,6 +173,9 @@ class ContainerReader:
 
     def _encoded(self, name: str, meta: dict, count: int) -> Encoded:
         layout, cfg = meta["_layout"], meta["_config"]
+        need = count * layout.width // 8
+        if need > psutil.virtual_memory().available:
+            raise ContainerError(f"{self.path}: tensor '{name}' claims {need} bytes, more than the memory available")
         words, index = self._plane(name, "words", np.uint32), self._plane(name, "index", np.int64)
         nchunks = -(-count // cfg.chunk_values)
         if index.shape != (nchunks, len(layout.fields), 4):

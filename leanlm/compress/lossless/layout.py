@@ -11,6 +11,7 @@ weights, XOR deltas) still compress.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -57,8 +58,9 @@ class Layout:
             at += b
         return out
 
+    @cached_property
     def patterns(self) -> np.ndarray:
-        """(fields, 2**max_bits) uint32: each field's symbol -> its bits placed in the value."""
+        """(fields, 2**max_bits) uint32: each field's symbol -> its bits placed in the value (read-only)."""
         bits = self.field_bits()
         out = np.zeros((len(self.fields), 1 << max(bits)), np.uint32)
         for f, field in enumerate(self.fields):
@@ -67,6 +69,7 @@ class Layout:
             for shift, b in field:
                 out[f, :sym.size] |= ((sym >> np.uint32(at)) & np.uint32((1 << b) - 1)) << np.uint32(shift)
                 at += b
+        out.flags.writeable = False
         return out
 
     def to_json(self) -> dict:

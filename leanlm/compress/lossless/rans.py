@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-LANES = 4
+LANES = 8
 RANS_L = np.uint64(1 << 31)        # lower bound of the state interval [L, 2**63)
 MAX_PROB_BITS = 16                 # lookup table size bound (2**16 entries)
 
@@ -146,27 +146,36 @@ def decode_into(words, lut, prob_bits, out, first):
     xs = np.empty(LANES, np.uint64)
     for j in range(LANES):
         xs[j] = np.uint64(words[2 * j]) | (np.uint64(words[2 * j + 1]) << np.uint64(32))
-    x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+    x0, x1, x2, x3, x4, x5, x6, x7 = xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7]
     ptr = 2 * LANES
     last = words.size - 1
     pb = np.uint64(prob_bits)
     mask = np.uint64((1 << prob_bits) - 1)
     dt = out.dtype.type
     i = 0
-    while i + 4 <= n:
+    while i + 8 <= n:  # eight independent lanes per round: the dependency chains overlap
         x0, ptr, e0 = _step(x0, lut, mask, pb, words, ptr, last)
         x1, ptr, e1 = _step(x1, lut, mask, pb, words, ptr, last)
         x2, ptr, e2 = _step(x2, lut, mask, pb, words, ptr, last)
         x3, ptr, e3 = _step(x3, lut, mask, pb, words, ptr, last)
+        x4, ptr, e4 = _step(x4, lut, mask, pb, words, ptr, last)
+        x5, ptr, e5 = _step(x5, lut, mask, pb, words, ptr, last)
+        x6, ptr, e6 = _step(x6, lut, mask, pb, words, ptr, last)
+        x7, ptr, e7 = _step(x7, lut, mask, pb, words, ptr, last)
         if first:
             out[i], out[i + 1], out[i + 2], out[i + 3] = dt(e0), dt(e1), dt(e2), dt(e3)
+            out[i + 4], out[i + 5], out[i + 6], out[i + 7] = dt(e4), dt(e5), dt(e6), dt(e7)
         else:
             out[i] |= dt(e0)
             out[i + 1] |= dt(e1)
             out[i + 2] |= dt(e2)
             out[i + 3] |= dt(e3)
-        i += 4
-    xs[0], xs[1], xs[2], xs[3] = x0, x1, x2, x3
+            out[i + 4] |= dt(e4)
+            out[i + 5] |= dt(e5)
+            out[i + 6] |= dt(e6)
+            out[i + 7] |= dt(e7)
+        i += 8
+    xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7] = x0, x1, x2, x3, x4, x5, x6, x7
     while i < n:
         j = i % LANES
         xj, ptr, e = _step(xs[j], lut, mask, pb, words, ptr, last)
@@ -174,6 +183,63 @@ def decode_into(words, lut, prob_bits, out, first):
         out[i] = dt(e) if first else out[i] | dt(e)
         i += 1
     # Reads past the end were clamped (memory-safe); a stream that needed them is corrupt.
+    if ptr > words.size:
+        return ERR_SHORT
+    for j in range(LANES):
+        if xs[j] != RANS_L:
+            return ERR_STATE
+    if ptr != words.size:
+        return ERR_STATE
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_with_nibbles(words, lut, prob_bits, out, nib_words, nib_patt):
+    """``decode_into`` (first field) fused with a raw 4-bit second field: one pass instead of two (the
+    bf16/fp16 layout). ``nib_words`` is that field's packed words, ``nib_patt`` its 16 patterns."""
+    n = out.size
+    if nib_words.size != (n * 4 + 31) // 32:
+        return ERR_RAW
+    if words.size < 2 * LANES:
+        return ERR_SHORT
+    nib = nib_words.view(np.uint8)
+    xs = np.empty(LANES, np.uint64)
+    for j in range(LANES):
+        xs[j] = np.uint64(words[2 * j]) | (np.uint64(words[2 * j + 1]) << np.uint64(32))
+    x0, x1, x2, x3, x4, x5, x6, x7 = xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7]
+    ptr = 2 * LANES
+    last = words.size - 1
+    pb = np.uint64(prob_bits)
+    mask = np.uint64((1 << prob_bits) - 1)
+    dt = out.dtype.type
+    i = 0
+    while i + 8 <= n:
+        x0, ptr, e0 = _step(x0, lut, mask, pb, words, ptr, last)
+        x1, ptr, e1 = _step(x1, lut, mask, pb, words, ptr, last)
+        x2, ptr, e2 = _step(x2, lut, mask, pb, words, ptr, last)
+        x3, ptr, e3 = _step(x3, lut, mask, pb, words, ptr, last)
+        x4, ptr, e4 = _step(x4, lut, mask, pb, words, ptr, last)
+        x5, ptr, e5 = _step(x5, lut, mask, pb, words, ptr, last)
+        x6, ptr, e6 = _step(x6, lut, mask, pb, words, ptr, last)
+        x7, ptr, e7 = _step(x7, lut, mask, pb, words, ptr, last)
+        k = i >> 1
+        b0, b1, b2, b3 = nib[k], nib[k + 1], nib[k + 2], nib[k + 3]
+        out[i] = dt(e0) | dt(nib_patt[b0 & 15])
+        out[i + 1] = dt(e1) | dt(nib_patt[b0 >> 4])
+        out[i + 2] = dt(e2) | dt(nib_patt[b1 & 15])
+        out[i + 3] = dt(e3) | dt(nib_patt[b1 >> 4])
+        out[i + 4] = dt(e4) | dt(nib_patt[b2 & 15])
+        out[i + 5] = dt(e5) | dt(nib_patt[b2 >> 4])
+        out[i + 6] = dt(e6) | dt(nib_patt[b3 & 15])
+        out[i + 7] = dt(e7) | dt(nib_patt[b3 >> 4])
+        i += 8
+    xs[0], xs[1], xs[2], xs[3], xs[4], xs[5], xs[6], xs[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    while i < n:
+        j = i % LANES
+        xj, ptr, e = _step(xs[j], lut, mask, pb, words, ptr, last)
+        xs[j] = xj
+        out[i] = dt(e) | dt(nib_patt[(nib[i >> 1] >> ((i & 1) << 2)) & 15])
+        i += 1
     if ptr > words.size:
         return ERR_SHORT
     for j in range(LANES):
@@ -212,6 +278,16 @@ def unpack_into(words, width, out, patt, first):
     if words.size != (n * width + 31) // 32:
         return ERR_RAW
     dt = out.dtype.type
+    if width == 8 or width == 4:   # byte-aligned fast paths (little-endian words: LSB-first = byte order)
+        b = words.view(np.uint8)
+        if width == 8:
+            for i in range(n):
+                out[i] = dt(patt[b[i]]) if first else out[i] | dt(patt[b[i]])
+        else:
+            for i in range(n):
+                v = dt(patt[(b[i >> 1] >> ((i & 1) << 2)) & 15])
+                out[i] = v if first else out[i] | v
+        return 0
     m = np.uint64((1 << width) - 1)
     acc = np.uint64(0)
     nb = 0

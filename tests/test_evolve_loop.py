@@ -105,3 +105,32 @@ def test_run_dir_refuses_another_config(full_run):
     out, _, _ = full_run
     with pytest.raises(lineage.RunDirError):
         lineage.init_run(out, dataclasses.replace(TINY, seed=1))
+
+
+def test_chat_recipe_plumbing_with_lora(tmp_path, monkeypatch):
+    """One chat-recipe generation on tiny-llama: probe, plan, adversarial + fresh problems, sampling, judge,
+    LoRA training with PCGrad against corpus retention, merge, gate (ppl, refusals), adapter + merged model.
+    A random tiny model answers nothing right, so the verifier is replaced by one that accepts every answer."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(loop, "verify", lambda p, o: bool(o.strip()))
+    cfg = EvolveConfig(spec="tiny-llama", skills=("add:1", "sort:1"), retention_skills=("mul:1",), generations=1,
+                       budget=0, problems=8, samples=2, steps=3, batch_size=4, lora_r=4, replay=4, probe_n=4,
+                       heldout_n=4, max_new_tokens=6, ppl_tokens=600, judge_n=4, ppl_tolerance=100.0,
+                       refusal_tolerance=1.0, retention_tolerance=1.0, progress=False)
+    out = tmp_path / "chat"
+    result = loop.run(cfg, out)
+    recs = lineage.records(out)
+    g1 = recs[1]
+    assert recs[0]["refused_at_gen0"] == recs[0]["metrics"]["refused"]
+    assert g1["accepted"], g1["decisions"]
+    assert g1["data"]["sft"] > 0 and g1["train"]["steps"] == 3 and g1["train"]["loss_ret_first"] is not None
+    assert g1["judge"]["n"] > 0 and 0 <= g1["judge"]["agreement"] <= 1
+    assert sum(g1["plan"]["problems"].values()) == 8 and g1["metrics"]["ppl"] > 1
+    d = lineage.gen_dir(out, 1)
+    assert (d / "adapter" / "adapter_config.json").is_file() and (d / "model" / "config.json").is_file()
+    assert any("weight" in line for line in g1["decisions"])
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(d / "model")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert result["accepted"] == 1

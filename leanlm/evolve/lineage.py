@@ -179,7 +179,10 @@ def prune(run: Path, recs: list[dict], keep: set[int]) -> list[int]:
     for r in recs:
         d = gen_dir(run, r["generation"])
         if r["generation"] not in keep and r["generation"] > 0 and (d / "delta.json").is_file() and (d / "model").is_dir():
-            shutil.rmtree(d / "model")
+            doomed = d / ".model.pruned"            # rename first: a kill mid-delete never leaves a partial model/
+            shutil.rmtree(doomed, ignore_errors=True)
+            (d / "model").rename(doomed)
+            shutil.rmtree(doomed)
             removed.append(r["generation"])
     return removed
 

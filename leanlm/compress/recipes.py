@@ -62,6 +62,8 @@ class CombinedConfig:
     calib_seq_len: int = 256
     calib_seed: int = 0
     group_size: int = field(default=128, metadata={"help": "INT4 group (AWQ and the recovery's fake quant)"})
+    awq_calib_n: int = field(default=32, metadata={"help": "AWQ calibration sequences (quant's default)"})
+    awq_calib_seq_len: int = field(default=512, metadata={"help": "AWQ calibration sequence length"})
     recovery: RecoveryConfig = field(default=RecoveryConfig(finish=Finish.TRAINABLE))
 
     def __post_init__(self) -> None:
@@ -100,9 +102,13 @@ def run_combined(model: nn.Module, tok, cfg: CombinedConfig) -> tuple[dict | Non
             report["embed"] = {"method": cfg.embed_method.value, "params_before": emb.weight.numel(),
                                "params_after": stored_params(embed_t), "relative_error": err}
         elif step == Step.RECOVER:
+            dtype = model.get_input_embeddings().weight.dtype
+            model.float()  # train in float32; AWQ then sees the model in its original dtype again
             report["recover"] = recover(model, tok, cfg.recovery, weight_fake_quant=_int4_fake_quant(cfg.group_size))
+            model.to(dtype)
         elif step == Step.AWQ:
-            qcfg = QuantConfig(method=QMethod.AWQ_W4, group_size=cfg.group_size)
+            qcfg = QuantConfig(method=QMethod.AWQ_W4, group_size=cfg.group_size, calib_n=cfg.awq_calib_n,
+                               calib_seq_len=cfg.awq_calib_seq_len)
             with torch.no_grad():
                 quantize_model(model, qcfg, calibration_for(tok, qcfg))
             report["awq"] = {k: v for k, v in getattr(model, "leanlm_quant", {}).items() if k != "config"}

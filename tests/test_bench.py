@@ -27,6 +27,17 @@ def test_token_pass_matches_eval_perplexity(tiny):
     assert top1_agreement(tp, worse) < 1.0
 
 
+def test_measure_is_deterministic(tiny):
+    from leanlm.report.bench import _problems, measure
+
+    model, tok = tiny
+    cfg = BenchConfig(rows=("bf16",), **TINY)
+    ids = torch.randint(3, 90, (200,), generator=torch.Generator().manual_seed(2))
+    a, b = (measure(model, tok, ids, _problems(cfg), cfg) for _ in range(2))
+    assert torch.equal(a.tokens.nll, b.tokens.nll) and torch.equal(a.tokens.top1, b.tokens.top1)
+    assert a.outputs == b.outputs and a.skills == b.skills and len(a.outputs) == 4
+
+
 def test_sequence_agreement_hand_computed():
     r = sequence_agreement([[1, 2, 3], [4, 5], [7]], [[1, 2, 4], [4, 5, 6], [7]])
     assert r["token_agreement"] == pytest.approx(5 / 7)       # 2 of 3, 2 of 3 (extra token), 1 of 1
@@ -92,3 +103,18 @@ def test_bench_marks_unbuilt_and_broken_rows(bench_doc):
     assert rows["svd"]["status"] == "failed" and rows["svd"]["reason"].startswith("TypeError")
     assert [r["name"] for r in bench_doc["results"]["rows"]] == ["bf16", "int8", "svd"]
     assert bench_doc["kind"] == "bench" and bench_doc["protocol"]["rows"] == ["bf16", "int8", "svd"]
+
+
+def test_quick_method_options_are_valid_configs():
+    """The quick budget's per-method options must name real config fields of each method (no silent typo)."""
+    from leanlm.report.bench import QUICK_METHOD_OPTIONS as Q
+
+    quant = pytest.importorskip("leanlm.compress.quant.api")
+    for m in ("smoothquant", "awq-w4"):
+        cfg = quant.config_from_options({**Q[m], "method": m})
+        for k, v in Q[m].items():
+            assert getattr(cfg, k) == v
+    lowrank = pytest.importorskip("leanlm.compress.lowrank.api")
+    assert lowrank.lowrank_config({**Q["lowrank"], "method": "lowrank"}).n_calib == 16
+    recipes = pytest.importorskip("leanlm.compress.recipes")
+    assert recipes.combined_config(Q["combined"]).awq_calib_n == 8

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--remove", type=float, default=None, help="fraction of parameters to remove (low-rank)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--config", metavar="JSON", help="JSON file of the method's config fields (svd, lowrank, "
+                   "tt-embed, combined: step order and budgets)")
     c.add_argument("--json", metavar="OUT")
     c.set_defaults(func=cmd_compress)
 

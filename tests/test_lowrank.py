@@ -173,3 +173,14 @@ def test_lowrank_linear_runs_factored_like_dense():
     torch.testing.assert_close(layer(x), dense, rtol=1e-5, atol=1e-5)
     rel = (layer.dense_weight() - a @ b).norm() / (a @ b).norm()
     assert rel < 0.02  # int8 per-row factors
+
+
+def test_factors_from_precomputed_svd_match_direct():
+    from leanlm.compress.lowrank.svd import decompose, factors_from_svd
+
+    rng = _rng(6)
+    w, x = torch.from_numpy(rng.standard_normal((30, 20))), torch.from_numpy(_activations(rng, 80, 20))
+    chol = cholesky_of_covariance(x.T @ x)
+    for c, direct in ((None, svd_factors(w, 6)), (chol, whitened_svd_factors(w, chol, 6))):
+        a, b = factors_from_svd(*decompose(w, c), 6, c)
+        torch.testing.assert_close(a @ b, direct[0] @ direct[1], rtol=1e-10, atol=1e-10)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..eval.corpus import load_corpus, split_corpus
 from ..eval.generate import format_prompt
 from ..eval.tasks import disjoint, parse_skill, problem_set
 from ..models import load
@@ -164,11 +165,12 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
 
 
 def corpus_examples(tok, seed: int, n: int = 256, seq_len: int = 64) -> list[Example]:
-    """Retention set for the chat recipe: text windows from the corpus's calib half (never the eval half)."""
-    from ..compress.calib import calibration_ids
-
-    ids = calibration_ids(tok, n=n, seq_len=seq_len, seed=seed)
-    return [Example("", tok.decode(row)) for row in ids]
+    """Retention set for the chat recipe: seeded text windows from the corpus's calib half (never the
+    eval half that perplexity scores)."""
+    ids = tok(split_corpus(load_corpus(), "calib"), add_special_tokens=False)["input_ids"]
+    rng = random.Random(f"retention/{seed}")
+    starts = [rng.randrange(0, max(1, len(ids) - seq_len)) for _ in range(n)]
+    return [Example("", tok.decode(ids[s:s + seq_len])) for s in starts]
 
 
 def proposals(model, tok, cfg: EvolveConfig, seed: int, heldout) -> list:

@@ -88,6 +88,13 @@ def test_bit_identical_copy_shows_zero_flips_and_zero_kl(tiny_dirs):
     assert r["kl"]["prompts"]["kl_max"] == 0.0 and r["kl"]["text"]["tokens"] == 197   # 3 windows of 96, 96, 8: all but their first token
     assert r["refusal"]["agreement"] == 1.0 and r["refusal"]["n"] == len(HARMFUL_PROMPTS)
     assert doc["kind"] == "audit" and doc["model"]["compressed"].endswith("copy")
+    from leanlm.report.render import write_report
+
+    write_report(tiny_dirs / "report", audits=[doc])
+    md = (tiny_dirs / "report" / "report.md").read_text()
+    for s in SMALL["sets"]:                     # each set's row: n=4, 0 flips, 0.0% flip rate
+        assert re.search(rf"\| {s} \| \w+ \| 4 \| 0 \| 0\.0% \|", md), s
+    assert "agreement 100.0%" in md and "mean 0.000000 nats" in md
 
 
 def test_a_changed_model_shows_divergence(tiny_dirs):

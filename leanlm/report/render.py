@@ -125,6 +125,15 @@ def audit_extra_table(audit: dict) -> tuple[list[str], list[list[str]]]:
     return ["measure", "value"], rows
 
 
+def flip_examples_table(audit: dict, limit: int = 6) -> tuple[list[str], list[list[str]]]:
+    """A few answers that flipped, across sets: what was asked, and what each model said."""
+    rows = []
+    for s, r in audit["results"]["sets"].items():
+        for ex in r.get("examples", []):
+            rows.append([s, ex["prompt"], ex["answer"], ex["original"].strip()[:80], ex["compressed"].strip()[:80]])
+    return ["set", "prompt", "answer", "original said", "compressed said"], rows[:limit]
+
+
 def evolution_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in ("headline", "retention", "refusal_rate", "perplexity") if any(k in r for r in records)]
     headers = ["generation", "accepted", *keys]
@@ -178,6 +187,9 @@ def build_blocks(bench: dict | None = None, audits: list[dict] = (), run: str | 
               ("p", f"Flips: the compressed model's extracted answer differs from the original's "
                     f"({a['results']['summary']['flips_total']} in all). {_machine_line(a)}"),
               ("table", *audit_table(a)), ("table", *audit_extra_table(a))]
+        headers, flips = flip_examples_table(a)
+        if flips:
+            b += [("p", "Some answers that flipped:"), ("table", headers, flips)]
     if run:
         records = plots.read_metrics(run)
         b += [("h2", f"Self-evolution: {Path(run).name}"), ("table", *evolution_table(records))]

@@ -61,8 +61,10 @@ def run_block(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
 
 
 @torch.no_grad()
-def record_linear_inputs(block: nn.Module, names: list[str], inputs: list[BlockInput]) -> dict[str, torch.Tensor]:
-    """Run ``block`` on ``inputs`` and return each named linear's input, flattened to (tokens, K) float32."""
+def record_linear_inputs(block: nn.Module, names: list[str],
+                         inputs: list[BlockInput]) -> tuple[dict[str, torch.Tensor], list[BlockInput]]:
+    """Run ``block`` on ``inputs``; return each named linear's input, flattened to (tokens, K) float32,
+    and the block's outputs (the next block's inputs, as they are before any transform of this block)."""
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     handles = []
     for name in names:
@@ -70,24 +72,26 @@ def record_linear_inputs(block: nn.Module, names: list[str], inputs: list[BlockI
             rows[name].append(args[0].reshape(-1, args[0].shape[-1]).float())
         handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        run_block(block, inputs)
+        outputs = run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
-    return {n: torch.cat(r) for n, r in rows.items()}
+    return {n: torch.cat(r) for n, r in rows.items()}, outputs
 
 
-BlockFn = Callable[[int, nn.Module, list[BlockInput]], None]
+# fn(index, block, inputs) -> the block's outputs, or None to have the driver run the (transformed) block
+BlockFn = Callable[[int, nn.Module, list[BlockInput]], "list[BlockInput] | None"]
 
 
 @torch.no_grad()
 def for_each_block(model: nn.Module, arch: ArchSpec, ids: torch.Tensor, batch: int, fn: BlockFn) -> None:
-    """Call ``fn(index, block, inputs)`` for each decoder block in order, feeding each block the outputs
-    of the previous one *after* ``fn`` has transformed it."""
+    """Call ``fn(index, block, inputs)`` for each decoder block in order. Block ``i+1`` gets what ``fn``
+    returned (function-preserving transforms may hand back the outputs they computed before transforming,
+    as llm-awq does, saving a forward pass), or else the outputs of block ``i`` run after ``fn``."""
     inputs = capture_block_inputs(model, arch, ids, batch)
     layers = decoder_layers(model, arch)
     for i, block in enumerate(layers):
-        fn(i, block, inputs)
+        outputs = fn(i, block, inputs)
         if i + 1 < len(layers):
-            inputs = run_block(block, inputs)
-        log.debug("calibrated block %d/%d", i + 1, len(layers))
+            inputs = outputs if outputs is not None else run_block(block, inputs)
+        log.log(logging.INFO if (i + 1) % 10 == 0 else logging.DEBUG, "calibrated block %d/%d", i + 1, len(layers))

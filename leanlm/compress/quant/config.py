@@ -26,23 +26,23 @@ class QuantConfig:
     method: Method = field(default=Method.INT8, metadata={"help": "quantisation scheme"})
     group_size: int = field(default=128, metadata={"help": "int4 group length along the input dimension"})
     # calibration data (SmoothQuant, AWQ): windows from the corpus's calib half
-    calib_n: int = field(default=32, metadata={"help": "calibration sequences"})
+    calib_n: int = field(default=16, metadata={"help": "calibration sequences"})
     calib_seq_len: int = field(default=512, metadata={"help": "tokens per calibration sequence"})
     calib_seed: int = field(default=0, metadata={"help": "seed of the calibration windows"})
     calib_batch: int = field(default=4, metadata={"help": "sequences per forward pass while calibrating"})
     # SmoothQuant: migration strength alpha, chosen per model from this grid by calibration loss
     alpha_grid: tuple[float, ...] = field(default=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                                           metadata={"help": "SmoothQuant alphas tried"})
-    alpha_eval_n: int = field(default=8, metadata={"help": "held-back calibration sequences scoring each alpha"})
+    alpha_eval_n: int = field(default=4, metadata={"help": "held-back calibration sequences scoring each alpha"})
     smooth_linear_pairs: bool = field(default=True,
                                       metadata={"help": "also smooth linear->linear pairs (up->down, v->o)"})
     # AWQ: per-channel scale = mean|x|^a / normaliser, a in {0, 1/grid, ..., (grid-1)/grid}; then clipping
     awq_grid: int = field(default=20, metadata={"help": "AWQ scale-search grid points"})
-    awq_tokens: int = field(default=4096, metadata={"help": "calibration tokens used by the AWQ scale search"})
+    awq_tokens: int = field(default=512, metadata={"help": "calibration tokens used by the AWQ scale search"})
     awq_clip: bool = field(default=True, metadata={"help": "AWQ weight-clipping search"})
     clip_grid: int = field(default=20, metadata={"help": "clip ratios 1 - i/grid tried"})
     clip_max_shrink: float = field(default=0.5, metadata={"help": "smallest clip ratio is 1 - this"})
-    clip_tokens: int = field(default=512, metadata={"help": "calibration tokens used by the clip search"})
+    clip_tokens: int = field(default=256, metadata={"help": "calibration tokens used by the clip search"})
     seed: int = field(default=0, metadata={"help": "seed for token subsampling"})
 
     def __post_init__(self) -> None:

@@ -63,8 +63,9 @@ def collect_absmax(model: nn.Module, arch: ArchSpec, ids: torch.Tensor, cfg: Qua
 
     def fn(_i, block, inputs):
         groups = _groups(block, arch, cfg.smooth_linear_pairs)
-        xs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
+        xs, outputs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
         stats.append({g.prev: smoothquant.channel_absmax(xs[g.linears[0]]) for g in groups})
+        return outputs
 
     for_each_block(model, arch, ids, cfg.calib_batch, fn)
     return stats
@@ -126,7 +127,8 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
 
     def fn(i, block, inputs):
         groups = _groups(block, arch, True)
-        xs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
+        log.debug("awq block %d", i)
+        xs, outputs = record_linear_inputs(block, [g.linears[0] for g in groups], inputs)
         prefix = f"{arch.layers}.{i}."
         for g in groups:
             x = sample(xs[g.linears[0]], cfg.awq_tokens)
@@ -142,6 +144,7 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
                     w = block.get_submodule(name).weight
                     clips[prefix + name] = awq.search_clip(xc, w, cfg.group_size, cfg.clip_grid,
                                                            cfg.clip_max_shrink, dtype)
+        return outputs   # the scaled block computes the same function: its float outputs are these
 
     for_each_block(model, arch, ids, cfg.calib_batch, fn)
     return {"clips": clips, "alphas": alphas}

@@ -59,9 +59,6 @@ class ParentIndex:
     def by_name(self, name: str) -> np.ndarray | None:
         return self._bytes(name) if name in self.tensors else None
 
-    def same_file(self, rel: str, sha256: str) -> bool:
-        return rel in self.files and sha256_file(self.files[rel]) == sha256
-
 
 def compress_delta(child: str | Path, parent: str | Path, out: Path, force: bool = False,
                    cfg: LosslessConfig = LosslessConfig()) -> dict:
@@ -82,8 +79,13 @@ def compress_delta(child: str | Path, parent: str | Path, out: Path, force: bool
 
 
 def check_parent(manifest: dict, pidx: ParentIndex) -> None:
+    """The parent's weight files, and the files the delta references, must be the recorded ones (other
+    files in the parent directory, e.g. results written there later, do not matter)."""
+    referenced = {e["path"] for e in manifest["files"] if e["store"] == "parent"}
     for rel, sha in manifest.get("parent", {}).get("files", {}).items():
         fmt.check_relpath(rel, "delta parent")
+        if not (rel.endswith(".safetensors") or rel in referenced):
+            continue
         if rel not in pidx.files:
             raise DeltaParentError(f"{pidx.root} is not the parent this delta was made from: it lacks '{rel}'")
         if sha256_file(pidx.files[rel]) != sha:

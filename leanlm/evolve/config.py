@@ -48,6 +48,7 @@ class EvolveConfig:
     replay: int = _f(64, "examples replayed from earlier generations' data")
     adversarial: float = _f(0.25, "share of problems mutated from the probe's failures")
     propose: int = _f(0, "problems the model proposes itself per generation (pyexpr; verifier-checked)")
+    dpo_steps: int = _f(0, "DPO steps on correct-vs-incorrect pairs after SFT (0 = pairs are saved only)")
     # ---- measurement
     probe_n: int = _f(24, "train-split problems per skill in the probe")
     heldout_n: int = _f(40, "held-out problems per skill in the gate")
@@ -79,6 +80,7 @@ class EvolveConfig:
                 "adversarial, mastery and min_vote are shares in [0, 1]")
         require(self.dtype in ("fp32", "bf16", "fp16"), f"dtype {self.dtype!r}: fp32, bf16 or fp16")
         require(self.lora_r >= 0 and self.replay >= 0 and self.propose >= 0, "lora_r, replay, propose >= 0")
+        require(self.dpo_steps >= 0, "dpo_steps must be >= 0")
         require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")
         require(self.max_jump >= 1 and self.max_difficulty >= 1, "max_jump, max_difficulty >= 1")
         if self.recipe is Recipe.CHAT:

@@ -33,7 +33,7 @@ from .config import EvolveConfig, Recipe
 from .discriminator import agreement, judge, preference_pairs, sft_examples, verify
 from .gate import accuracy_by_skill, corpus_perplexity, decide, refusal_metrics, refusals
 from .solve import answers, greedy
-from .train import Example, TrainConfig, add_lora, train
+from .train import Example, TrainConfig, add_lora, train, train_dpo
 
 log = logging.getLogger(__name__)
 PROBE = "probe"          # seed space of the probe problems (train-side, fixed across generations)
@@ -135,6 +135,8 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     if new and cfg.steps:
         model = add_lora(model, tcfg) if cfg.lora_r else model
         hist = train(model, tok, new, retention, tcfg, progress=cfg.progress)
+        if cfg.dpo_steps and pairs:   # the RLAIF path: prefer verified-correct over incorrect answers
+            hist["dpo"] = train_dpo(model, tok, pairs, cfg.dpo_steps, tcfg.lr, seed=seed, progress=cfg.progress)
         if cfg.lora_r:
             adapter_tmp = tempfile.TemporaryDirectory(dir=run, prefix=".adapter-")
             model.save_pretrained(adapter_tmp.name)
@@ -200,7 +202,8 @@ def summarize(hist: dict) -> dict:
     return {"steps": len(ln), "loss_new_first": ln[0] if ln else None, "loss_new_last": ln[-1] if ln else None,
             "loss_ret_first": lr[0] if lr else None, "loss_ret_last": lr[-1] if lr else None,
             "conflicts": hist.get("conflicts", 0),
-            "mean_cosine": sum(hist["cosines"]) / len(hist["cosines"]) if hist.get("cosines") else None}
+            "mean_cosine": sum(hist["cosines"]) / len(hist["cosines"]) if hist.get("cosines") else None,
+            "dpo": {k: v for k, v in hist["dpo"].items() if k != "loss"} if hist.get("dpo") else None}
 
 
 # ===================================================================================== tinyadd recipe

@@ -181,3 +181,41 @@ def train(model, tok, new: list[Example], retention: list[Example] | None, cfg: 
         bar.set_postfix(loss=f"{loss_new.item():.3f}")
     model.eval()
     return hist
+
+
+def train_dpo(model, tok, pairs: list[dict], steps: int, lr: float, beta: float = 0.1, batch_size: int = 4,
+              seed: int = 0, progress: bool = True) -> dict:
+    """DPO on (prompt, chosen, rejected) pairs. The reference is the model as it is before these steps:
+    its log-probabilities are computed once up front, so this works for LoRA and full fine-tuning alike.
+    Returns per-step losses and the mean chosen-minus-rejected log-prob margin before and after."""
+    if not pairs:
+        raise ValueError("DPO needs at least one preference pair")
+    chosen = [encode(tok, Example(p["prompt"], p["chosen"])) for p in pairs]
+    rejected = [encode(tok, Example(p["prompt"], p["rejected"])) for p in pairs]
+
+    def logps(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (sequence_logprob(model, collate([chosen[i] for i in idx], tok.pad_token_id)),
+                sequence_logprob(model, collate([rejected[i] for i in idx], tok.pad_token_id)))
+
+    model.eval()
+    with torch.no_grad():
+        ref_c, ref_r = logps(list(range(len(pairs))))
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc="dpo", unit="step", disable=not progress, leave=False):
+        idx = torch.randint(0, len(pairs), (min(batch_size, len(pairs)),), generator=g).tolist()
+        pc, pr = logps(idx)
+        loss = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 5))
+    model.eval()
+    with torch.no_grad():
+        post_c, post_r = logps(list(range(len(pairs))))
+    return {"loss": losses, "margin_before": float((ref_c - ref_r).mean()),
+            "margin_after": float((post_c - post_r).mean())}

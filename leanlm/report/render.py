@@ -135,11 +135,13 @@ def flip_examples_table(audit: dict, limit: int = 6) -> tuple[list[str], list[li
 
 
 def evolution_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    keys = [k for k in ("headline", "retention", "refusal_rate", "perplexity") if any(k in r for r in records)]
+    flat = [plots.flatten(r) for r in records]
+    skills = sorted({k for f in flat for k in f if k.startswith("heldout.")})
+    keys = [k for k in ("headline", *skills, "retention", "refusal_rate", "perplexity", "ppl")
+            if any(k in f for f in flat)]
     headers = ["generation", "accepted", *keys]
     rows = [[str(r.get("generation", i)), str(r.get("accepted", "-")),
-             *(num(r.get(k)) if isinstance(r.get(k), (int, float)) else "-" for k in keys)]
-            for i, r in enumerate(records)]
+             *(num(f[k]) if k in f else "-" for k in keys)] for i, (r, f) in enumerate(zip(records, flat))]
     return headers, rows
 
 

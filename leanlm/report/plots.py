@@ -136,6 +136,9 @@ def evolution_chart(records: list[dict], title: str = "self-evolution") -> bytes
     for x, r in zip(xs, records):
         if r.get("accepted") is False:
             ax.axvline(x, color="red", alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation (red: rolled back)")
     ax.set_ylabel("rate")
     ax.set_ylim(-0.02, 1.02)

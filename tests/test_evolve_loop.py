@@ -113,7 +113,8 @@ def test_chat_recipe_plumbing_with_lora(tmp_path, monkeypatch):
     A random tiny model answers nothing right, so the verifier is replaced by one that accepts every answer."""
     torch.set_num_threads(1)
     monkeypatch.setattr(loop, "verify", lambda p, o: bool(o.strip()))
-    cfg = EvolveConfig(spec="tiny-llama", skills=("add:1", "sort:1"), retention_skills=("mul:1",), generations=1,
+    cfg = EvolveConfig(spec="tiny-llama", skills=("add:1", "sort:1"), headline_skills=("add:1",),
+                       retention_skills=("mul:1",), generations=1,
                        budget=0, problems=8, samples=2, steps=3, batch_size=4, lora_r=4, replay=4, probe_n=4,
                        heldout_n=4, max_new_tokens=6, ppl_tokens=600, judge_n=4, ppl_tolerance=100.0,
                        refusal_tolerance=1.0, retention_tolerance=1.0, progress=False)

@@ -30,6 +30,7 @@ class EvolveConfig:
     spec: str = _f("smollm2-135m", "model spec to evolve")
     recipe: Recipe = _f(Recipe.CHAT, "chat (task families, LoRA) or tinyadd (from-scratch reversed addition)")
     skills: tuple[str, ...] = _f(("add:2", "add:3", "sort:1"), "skills to improve, family:difficulty (chat)")
+    headline_skills: tuple[str, ...] = _f(("add:2", "add:3"), "skills whose mean held-out accuracy is the goal (chat)")
     retention_skills: tuple[str, ...] = _f(("mul:1", "reverse:3"), "skills that must not be forgotten (chat)")
     generations: int = _f(5, "generations to run (accepted or rolled back)")
     budget: float = _f(60.0, "wall-clock minutes for the whole run, seed training included (0 = no limit)")
@@ -85,7 +86,7 @@ class EvolveConfig:
         require(self.max_jump >= 1 and self.max_difficulty >= 1, "max_jump, max_difficulty >= 1")
         if self.recipe is Recipe.CHAT:
             require(len(self.skills) > 0, "the chat recipe needs at least one skill")
-            for s in (*self.skills, *self.retention_skills):
+            for s in (*self.skills, *self.headline_skills, *self.retention_skills):
                 parse_skill(s)
 
 

@@ -59,7 +59,7 @@ def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> li
 # ===================================================================================== chat recipe
 def measure_chat(model, tok, cfg: EvolveConfig, skills: tuple[str, ...], refused_at_gen0: list[int]) -> dict:
     """Gate metrics: held-out accuracy (target and active skills), retention skills, perplexity, refusals."""
-    names = tuple(dict.fromkeys((*cfg.skills, *skills, *cfg.retention_skills)))
+    names = tuple(dict.fromkeys((*cfg.skills, *cfg.headline_skills, *skills, *cfg.retention_skills)))
     problems = generator.heldout_set(names, cfg.heldout_n)
     outs = greedy(model, tok, [p.prompt for p in problems], cfg.max_new_tokens, batch_size=cfg.gen_batch,
                   progress=cfg.progress, desc="heldout")
@@ -67,7 +67,8 @@ def measure_chat(model, tok, cfg: EvolveConfig, skills: tuple[str, ...], refused
     score = sum(acc[s] for s in cfg.skills) / len(cfg.skills)
     ret = [acc[s] for s in cfg.retention_skills]
     refused = refusals(model, tok, progress=cfg.progress)
-    return {"heldout": acc, "score": score, "headline": score,
+    head = [acc[s] for s in cfg.headline_skills]
+    return {"heldout": acc, "score": score, "headline": sum(head) / len(head) if head else score,
             "retention": sum(ret) / len(ret) if ret else None,
             "ppl": corpus_perplexity(model, tok, cfg.ppl_tokens, progress=cfg.progress),
             **refusal_metrics(refused, refused_at_gen0)}

@@ -26,6 +26,7 @@ class ScaleGroup:
     prev: str                     # norm or linear whose output feeds ``linears``
     linears: tuple[str, ...]      # linears sharing that input
     prev_is_norm: bool = True
+    inspect: str | None = None    # module whose output measures the group's quantisation error (AWQ)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ LLAMA = ArchSpec(
     groups=(
         ScaleGroup("input_layernorm", _ATTN),
         ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), prev_is_norm=False),
-        ScaleGroup("post_attention_layernorm", _MLP_IN),
+        ScaleGroup("post_attention_layernorm", _MLP_IN, inspect="mlp"),
         ScaleGroup("mlp.up_proj", ("mlp.down_proj",), prev_is_norm=False),
     ),
     softmax_inputs=("self_attn.q_proj", "self_attn.k_proj"),
@@ -66,7 +67,7 @@ GEMMA3 = ArchSpec(
     groups=(
         ScaleGroup("input_layernorm", _ATTN),
         ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), prev_is_norm=False),
-        ScaleGroup("pre_feedforward_layernorm", _MLP_IN),
+        ScaleGroup("pre_feedforward_layernorm", _MLP_IN, inspect="mlp"),
         ScaleGroup("mlp.up_proj", ("mlp.down_proj",), prev_is_norm=False),
     ),
     softmax_inputs=LLAMA.softmax_inputs,

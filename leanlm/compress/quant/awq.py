@@ -4,7 +4,8 @@ Scale search: for a group of linears sharing input X (T, K), try ``s = mean|X_j|
 ``max(s) * min(s) = 1``) for ``a`` on a grid in [0, 1), quantise ``W * s``, and keep the ``s`` whose
 output ``X/s @ Q(W*s)^T`` is closest (MSE) to the float output ``X @ W^T``. ``a = 0`` (s = 1) is plain
 RTN, so the search never does worse than RTN on the calibration data. The loss is measured on the
-linears' own outputs (llm-awq measures some groups after the attention block instead).
+output of an "inspect" module where the architecture table names one (the MLP for gate/up, as llm-awq),
+otherwise on the linears' own outputs (llm-awq inspects the whole attention block for q/k/v).
 
 Clipping: per (output row, group), shrink the quantisation range by ``r`` in {1, 1 - 1/grid, ...,
 1 - max_shrink} and keep the ``r`` minimising that group's output error on sampled inputs.
@@ -18,6 +19,7 @@ import torch
 from .primitives import fake_quantize_int4, n_groups
 
 QuantFn = Callable[[torch.Tensor], torch.Tensor]   # (N, K) float32 -> fake-quantised (N, K)
+Forward = Callable[[list[torch.Tensor]], torch.Tensor]   # candidate weights -> output compared to float
 
 
 def candidate_scales(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -25,23 +27,39 @@ def candidate_scales(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
     return s / (s.max() * s.min()).sqrt()
 
 
+def weight_channel_mean(weights: list[torch.Tensor], group: int) -> torch.Tensor:
+    """Mean over rows of |w| normalised by its group's max |w|: (K,). AWQ's weight-side statistic."""
+    w = torch.cat([wi.float() for wi in weights], dim=0)
+    n, k = w.shape
+    g = n_groups(k, group)
+    wg = torch.nn.functional.pad(w.abs(), (0, g * group - k)).view(n, g, group)
+    wg = wg / wg.amax(dim=-1, keepdim=True).clamp(min=1e-8)
+    return wg.view(n, -1)[:, :k].mean(dim=0)
+
+
 @torch.no_grad()
-def search_scale(x: torch.Tensor, weights: list[torch.Tensor], quant: QuantFn,
-                 grid: int = 20) -> tuple[torch.Tensor, float, list[float]]:
+def search_scale(x: torch.Tensor, weights: list[torch.Tensor], quant: QuantFn, grid: int = 20,
+                 w_mean: torch.Tensor | None = None, forward: Forward | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """Best per-input-channel scale (K,) for the linears ``weights`` on inputs ``x`` (T, K).
 
-    Returns (scale, best alpha, loss per grid point); losses are output MSEs in float32.
+    Candidates: ``mean|x|^a`` and, when ``w_mean`` is given, also ``mean|x|^a / w_mean^(1-a)`` ("duo"
+    scaling, as llm-compressor's AWQ). ``forward(ws)`` maps candidate weights (fake-quantised, scales
+    divided back out) to the output whose MSE against the float output is minimised; default: the
+    linears' own outputs ``x @ cat(ws)^T``. Returns (scale, alpha, loss per candidate).
     """
     x = x.float()
-    w = torch.cat([wi.float() for wi in weights], dim=0)          # (sum N_i, K)
-    ref = x @ w.t()
+    ws = [wi.float() for wi in weights]
+    forward = forward or (lambda cand: x @ torch.cat(cand, dim=0).t())
+    ref = forward(ws)
     x_mean = x.abs().mean(dim=0)
+    cands = [(i / grid, candidate_scales(x_mean, i / grid)) for i in range(grid)]
+    if w_mean is not None:
+        cands += [(i / grid, candidate_scales(x_mean.pow(i / grid) / w_mean.clamp(min=1e-4).pow(1 - i / grid), 1.0))
+                  for i in range(1, grid)]
     losses, best = [], (float("inf"), None, 0.0)
-    for i in range(grid):
-        alpha = i / grid
-        s = candidate_scales(x_mean, alpha)
-        wq = quant(w * s[None, :]) / s[None, :]
-        loss = float((x @ wq.t() - ref).pow(2).mean())
+    for alpha, s in cands:
+        out = forward([quant(wi * s[None, :]) / s[None, :] for wi in ws])
+        loss = float((out - ref).pow(2).mean())
         losses.append(loss)
         if loss < best[0]:
             best = (loss, s, alpha)

@@ -39,6 +39,8 @@ class QuantConfig:
     # AWQ: per-channel scale = mean|x|^a / normaliser, a in {0, 1/grid, ..., (grid-1)/grid}; then clipping
     awq_grid: int = field(default=20, metadata={"help": "AWQ scale-search grid points"})
     awq_tokens: int = field(default=512, metadata={"help": "calibration tokens used by the AWQ scale search"})
+    awq_duo_scaling: bool = field(default=True, metadata={"help": "also try mean|x|^a / mean|w|^(1-a) scales"})
+    awq_inspect: bool = field(default=True, metadata={"help": "score gate/up scales on the MLP output"})
     awq_clip: bool = field(default=True, metadata={"help": "AWQ weight-clipping search"})
     clip_grid: int = field(default=20, metadata={"help": "clip ratios 1 - i/grid tried"})
     clip_max_shrink: float = field(default=0.5, metadata={"help": "smallest clip ratio is 1 - this"})

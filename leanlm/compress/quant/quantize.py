@@ -112,6 +112,18 @@ def smoothquant_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: to
 
 
 # ------------------------------------------------------------------------------ AWQ
+def inspect_forward(block: nn.Module, group: ScaleGroup, x: torch.Tensor):
+    """``forward(candidate weights) -> output`` of ``group.inspect`` (e.g. the MLP) on ``x``, in float32."""
+    module = block.get_submodule(group.inspect)
+    base = {k: v.float() for k, v in module.named_parameters()}
+    keys = [n.removeprefix(group.inspect + ".") + ".weight" for n in group.linears]
+
+    def forward(ws: list[torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(module, {**base, **dict(zip(keys, ws))}, (x,))
+
+    return forward
+
+
 def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tensor) -> dict:
     """Search and fold AWQ scales block by block; returns clip ratios per linear and the chosen alphas."""
     dtype = model_dtype(model)
@@ -133,7 +145,9 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
         for g in groups:
             x = sample(xs[g.linears[0]], cfg.awq_tokens)
             weights = [block.get_submodule(n).weight for n in g.linears]
-            s, alpha, _ = awq.search_scale(x, weights, quant, cfg.awq_grid)
+            w_mean = awq.weight_channel_mean(weights, cfg.group_size) if cfg.awq_duo_scaling else None
+            forward = inspect_forward(block, g, x) if g.inspect and cfg.awq_inspect else None
+            s, alpha, _ = awq.search_scale(x, weights, quant, cfg.awq_grid, w_mean, forward)
             apply_scale(block, g, s, arch)
             alphas[prefix + g.prev] = alpha
             if not cfg.awq_clip:

@@ -8,7 +8,8 @@
 2. ``leanlm audit`` of each audited row against the original (the original's answers computed once).
 3. The report (Markdown + self-contained HTML, Pareto chart, evolution curves of an evolve run directory
    when one is given or found under benchmarks/results/).
-Writes benchmarks/results/bench.json, bench_audit_<row>.json and bench_report/ by default; the report can be
+Writes benchmarks/results/bench.json, bench_audit_<row>.json and bench_report/ by default (bench_quick* with
+--quick); the report can be
 rebuilt from them with ``leanlm report --bench ... --audit ... [--run RUN_DIR] -o DIR``.
 """
 from __future__ import annotations
@@ -73,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS))
     p.add_argument("--audit-rows", nargs="*", default=None,
                    help="rows to audit (default: every compressed row; --quick: lossless and int8)")
-    p.add_argument("--json", default=str(RESULTS / "bench.json"))
-    p.add_argument("--audit-prefix", default=str(RESULTS / "bench_audit_"),
-                   help="each audit is written to PREFIX<row>.json")
-    p.add_argument("--report", default=str(RESULTS / "bench_report"))
+    p.add_argument("--json", default=None, help="default: benchmarks/results/bench.json (--quick: bench_quick.json)")
+    p.add_argument("--audit-prefix", default=None,
+                   help="each audit is written to PREFIX<row>.json (default: results/bench[_quick]_audit_)")
+    p.add_argument("--report", default=None, help="default: benchmarks/results/bench[_quick]_report/")
     p.add_argument("--run", default=None, help="evolve run directory for the report (default: newest found)")
     args = p.parse_args(argv)
+    stem = "bench_quick" if args.quick else "bench"
+    args.json = args.json or str(RESULTS / f"{stem}.json")
+    args.audit_prefix = args.audit_prefix or str(RESULTS / f"{stem}_audit_")
+    args.report = args.report or str(RESULTS / f"{stem}_report")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -93,6 +93,7 @@ def test_bench_original_row_agrees_with_itself(bench_doc):
     assert bf16["top1_agreement"] == 1.0 and bf16["greedy_token_agreement"] == 1.0
     assert bf16["answer_agreement"] == 1.0 and bf16["memory_reduction"] == 0.0
     assert bf16["weights_memory_bytes"] == orig["weights_memory_bytes"] > 0
+    assert bf16["weights_disk_bytes"] == orig["weights_disk_bytes"] > 0 and bf16["disk_reduction"] == 0.0
     assert orig["problems"] == 4 and orig["tokens_scored"] == 399
 
 
@@ -118,3 +119,13 @@ def test_quick_method_options_are_valid_configs():
     assert lowrank.lowrank_config({**Q["lowrank"], "method": "lowrank"}).n_calib == 16
     recipes = pytest.importorskip("leanlm.compress.recipes")
     assert recipes.combined_config(Q["combined"]).awq_calib_n == 8
+
+
+def test_bench_lossless_row_is_identical_to_the_original():
+    pytest.importorskip("leanlm.compress.lossless.api", reason="lossless codec not built yet")
+    doc = run_bench("tiny-llama", BenchConfig(rows=("lossless",), **TINY))
+    (row,) = doc["results"]["rows"]
+    assert row["status"] == "ok", row.get("reason")
+    assert row["perplexity"] == doc["results"]["original"]["perplexity"] and row["perplexity_preserved"] == 1.0
+    assert row["top1_agreement"] == 1.0 and row["greedy_token_agreement"] == 1.0 and row["answer_agreement"] == 1.0
+    assert 0.0 < row["disk_reduction"] < 0.5   # bf16 weights code to ~65-85% of their bytes; never below half

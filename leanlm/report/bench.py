@@ -196,7 +196,7 @@ def bench_row(name: str, spec: str, ctx: dict, cfg: BenchConfig, work: Path) -> 
             ref_speed, speed = interleaved_speed(ctx["model"], model, cfg.speed_repeats, cfg.speed_prompt_len,
                                                  cfg.speed_decode_tokens)
         nbytes = {"weights_memory_bytes": memory_bytes(model), "weights_disk_bytes": disk_bytes(out)}
-        row.update(status="ok", compress_seconds=round(secs, 2), artifact=str(out) if out else None,
+        row.update(status="ok", compress_seconds=round(secs, 2), artifact=str(out),
                    compress_summary=summary,
                    **compare(ctx["ref"], ref_speed, ctx["bytes"], m, speed, nbytes))
     except UNAVAILABLE as e:
@@ -221,14 +221,19 @@ def run_bench(spec: str, cfg: BenchConfig = BenchConfig()) -> dict:
     problems = _problems(cfg)
     with torch.inference_mode():
         ref = measure(model, tok, ids, problems, cfg)
-    mdir = model_dir(spec)
-    ctx = {"model": model, "tok": tok, "ids": ids, "problems": problems, "ref": ref, "model_dir": mdir,
-           "bytes": {"weights_memory_bytes": memory_bytes(model), "weights_disk_bytes": disk_bytes(mdir)}}
     temp = cfg.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="leanlm-bench-")) if temp else Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        rows = [bench_row(name, spec, ctx, cfg, work) for name in cfg.rows]
+        source, mdir = spec, model_dir(spec)
+        if mdir is None:  # built in memory (tiny-*): save it once so every method (lossless too) has files
+            mdir = work / "original"
+            model.save_pretrained(mdir, safe_serialization=True)
+            tok.save_pretrained(mdir)
+            source = str(mdir)
+        ctx = {"model": model, "tok": tok, "ids": ids, "problems": problems, "ref": ref, "model_dir": mdir,
+               "bytes": {"weights_memory_bytes": memory_bytes(model), "weights_disk_bytes": disk_bytes(mdir)}}
+        rows = [bench_row(name, source, ctx, cfg, work) for name in cfg.rows]
     finally:
         if temp:
             shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,10 @@ from . import plots
 
 # ------------------------------------------------------------------------------------------ formats
 def pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    s = f"{100 * x:.1f}"
+    return ("0.0" if s == "-0.0" else s) + "%"
 
 
 def times(x: float | None) -> str:

@@ -226,7 +226,7 @@ def bench_delta(work: Path, steps: int = 3, lr: float = 5e-5) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     child = work / "child"
     model.to(torch.bfloat16).save_pretrained(child)
     tok.save_pretrained(child)

@@ -115,8 +115,8 @@ def load_model(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "c
         for name in reader.order:
             meta = reader.tensors[name]
             data = reader.decode(name, threads=threads)
-            state[name] = torch.frombuffer(bytearray(data), dtype=TORCH_DTYPES.get(meta["dtype"]) or torch.uint8
-                                           ).reshape(meta["shape"]) if data.size else torch.empty(meta["shape"])
+            data = data if data.flags.writeable else data.copy()
+            state[name] = torch.from_numpy(data).view(TORCH_DTYPES[meta["dtype"]]).reshape(meta["shape"])
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     # Cast buffers too (rotary inv_freq), exactly as leanlm.load does for a plain model directory, so the
     # decoded model computes the very same logits as the original loaded the usual way.

@@ -19,8 +19,11 @@ from .codec import Encoded
 UNIT_PATTERNS: tuple[str, ...] = (r"(model\.)?embed_tokens", r"(model\.)?layers\.\d+", r"lm_head",
                                   r"(model\.)?decoder\.layers\.\d+", r"transformer\.h\.\d+")
 
-TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
-                "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+# safetensors dtype string -> torch dtype (every dtype a container may hold).
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "BOOL": torch.bool,
+                "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16, "I32": torch.int32,
+                "U32": torch.uint32, "I64": torch.int64, "U64": torch.uint64}
 
 
 @dataclass

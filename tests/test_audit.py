@@ -120,3 +120,17 @@ def test_lossless_artifact_audits_clean(tiny_dirs, tmp_path):
     r = audit_specs(str(tiny_dirs / "a"), str(tmp_path / "ll"), AuditConfig(**SMALL))["results"]
     assert r["summary"]["flips_total"] == 0
     assert r["kl"]["text"]["kl_max"] == 0.0 and r["kl"]["prompts"]["kl_max"] == 0.0
+
+
+def test_audit_cli(tiny_dirs, tmp_path):
+    import json
+
+    from leanlm.cli import main
+
+    out = tmp_path / "audit.json"
+    rc = main(["audit", str(tiny_dirs / "a"), str(tiny_dirs / "copy"), "--n", "1", "--tasks", "add:1", "--sets",
+               "clean", "paraphrase", "--no-refusal", "--kl-tokens", "100", "--context", "50", "--no-progress",
+               "--dtype", "fp32", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0 and doc["kind"] == "audit" and doc["protocol"]["sets"] == ["clean", "paraphrase"]
+    assert doc["results"]["summary"]["flips_total"] == 0 and "refusal" not in doc["results"]

@@ -156,3 +156,15 @@ def test_blocks_need_something():
     with pytest.raises(ValueError, match="nothing to report"):
         write_report("/nonexistent/never", bench=None)
     assert "leanlm report" in to_html(build_blocks())
+
+
+def test_bench_cli_writes_json_and_report(tmp_path):
+    from leanlm.cli import main
+
+    rc = main(["bench", "tiny-llama", "--rows", "bf16", "--max-tokens", "200", "--context", "64", "--stride", "64",
+               "--n", "1", "--tasks", "add:1", "--max-new-tokens", "4", "--speed-repeats", "1",
+               "--speed-prompt-len", "8", "--speed-decode-tokens", "2", "--no-progress",
+               "--json", str(tmp_path / "b.json"), "--report", str(tmp_path / "rep")])
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert rc == 0 and doc["results"]["rows"][0]["status"] == "ok" and doc["protocol"]["n"] == 1
+    assert f"| {doc['results']['original']['perplexity']:.3f} |" in (tmp_path / "rep" / "report.md").read_text()

@@ -142,6 +142,8 @@ def bench_codecs(bits: list[np.ndarray], dtype: str, rounds: int) -> dict:
     methods = [(cls, t) for cls in (Ours, ZipNN) for t in (1, 2)] + [(Zstd, 1)]
     coders = [cls(dtype, t) for cls, t in methods]
     encoded, enc_best, dec_best = {}, {}, {}
+    for c in coders:   # warm up (numba loads its compiled kernels on first call)
+        c.decode(c.encode(bits[0][:4096])[0])
     for i, c in enumerate(coders):
         if methods[i][1] == 2 and (methods[i][0], 1) in methods:   # same bytes as the 1-thread run
             encoded[i] = encoded[methods.index((methods[i][0], 1))]

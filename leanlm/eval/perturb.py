@@ -35,7 +35,8 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
             "Please work out {a} take away {b}."),
     "mul": ("Find the product of {a} and {b}.", "What do you get if you multiply {a} by {b}?",
             "Please work out {a} times {b}."),
-    "reverse": ("Write the letters of '{s}' in reverse order.", "Read '{s}' from right to left and write it out.",
+    "reverse": ("Write the letters of '{s}' in reverse order.",
+                "Read '{s}' from right to left and write it out.",
                 "Give me '{s}' spelled backwards."),
     "sort": ("Put these numbers in increasing order: {xs}.", "Order these from lowest to highest: {xs}."),
     "pyexpr": ("In Python, what does {e} evaluate to?", "Work out the result of the Python expression {e}."),
@@ -165,7 +166,8 @@ def perturb(p: Problem, kind: str, seed: int = 0) -> str:
         return typos(p.prompt, seed)
     makers = {"paraphrase": paraphrase, "distractor": distractor, "hint": hint, "injection": injection}
     if kind not in makers:
-        raise ValueError(f"unknown perturbation '{kind}'; choose from {('clean', *PERTURBATIONS, *ADVERSARIAL)}")
+        known = ("clean", *PERTURBATIONS, *ADVERSARIAL)
+        raise ValueError(f"unknown perturbation '{kind}'; choose from {known}")
     return makers[kind](p, seed)
 
 

@@ -30,7 +30,8 @@ from .measure import kl_rows, paired_text_kl
 
 log = logging.getLogger(__name__)
 
-SET_KIND = {"clean": "clean", **{k: "perturbed" for k in PERTURBATIONS}, **{k: "adversarial" for k in ADVERSARIAL}}
+SET_KIND = {"clean": "clean", **{k: "perturbed" for k in PERTURBATIONS},
+            **{k: "adversarial" for k in ADVERSARIAL}}
 AUDIT_TASKS = ("add:2", "sub:2", "mul:1", "reverse:3", "pyexpr:1")
 
 
@@ -47,7 +48,7 @@ class AuditConfig:
     gen_batch: int = field(default=16, metadata={"help": "prompts per generation batch"})
     kl_tokens: int = field(default=2048, metadata={"help": "eval-text tokens for the KL pass (0: skip)"})
     context: int = field(default=512, metadata={"help": "KL window length"})
-    corpus: str | None = field(default=None, metadata={"help": "text for the KL pass (default: pydoc topics)"})
+    corpus: str | None = field(default=None, metadata={"help": "KL text (default: pydoc topics)"})
     dtype: str = field(default="bf16", metadata={"help": "dtype both models are loaded in"})
     examples: int = field(default=5, metadata={"help": "flipped answers kept per set as examples"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
@@ -119,7 +120,7 @@ def compare_refusals(out_a: list[str], out_b: list[str]) -> dict:
 
 @torch.no_grad()
 def prompt_kl(model_a, model_b, tok, prompts: list[str]) -> dict:
-    """KL(original || compressed) of the next-token distribution at the end of each (chat-formatted) prompt."""
+    """KL(original || compressed) of the next-token distribution at the end of each chat-formatted prompt."""
     kls, agree = [], []
     for p in prompts:
         ids = tok(format_prompt(tok, p), add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -143,7 +144,8 @@ def _summary(sets: dict[str, dict]) -> dict:
     return out
 
 
-def audit_models(original, compressed, tok, cfg: AuditConfig = AuditConfig(), reference: dict | None = None) -> dict:
+def audit_models(original, compressed, tok, cfg: AuditConfig = AuditConfig(),
+                 reference: dict | None = None) -> dict:
     """Audit ``compressed`` against ``original`` (same tokenizer). ``reference``: the original's
     ``answers`` when already computed (a bench audits many models against one original)."""
     t0 = time.perf_counter()
@@ -153,7 +155,8 @@ def audit_models(original, compressed, tok, cfg: AuditConfig = AuditConfig(), re
         mine = answers(compressed, tok, cfg, sets)
         per_set = {s: compare_set(problems, sets[s], ref[s], mine[s], cfg.examples) for s in sets}
         out: dict = {"sets": per_set, "summary": _summary(per_set), "kl": {}}
-        out["kl"]["prompts"] = prompt_kl(original, compressed, tok, sets.get("clean") or next(iter(sets.values())))
+        prompts = sets.get("clean") or next(iter(sets.values()))
+        out["kl"]["prompts"] = prompt_kl(original, compressed, tok, prompts)
         if cfg.kl_tokens:
             ids = corpus_ids(tok, split_corpus(load_corpus(cfg.corpus), "eval"), cfg.kl_tokens)
             ctx = min(cfg.context, ids.numel())

@@ -45,7 +45,7 @@ class BenchConfig:
     rows: tuple[str, ...] = field(default=DEFAULT_ROWS, metadata={"help": "bf16 and/or compress methods"})
     dtype: str = field(default="bf16", metadata={"help": "dtype the original is loaded in"})
     remove: float | None = field(default=None, metadata={"help": "--remove passed to low-rank/combined"})
-    work_dir: str | None = field(default=None, metadata={"help": "keep compressed artifacts here (default: temp)"})
+    work_dir: str | None = field(default=None, metadata={"help": "keep artifacts here (default: a temp dir)"})
     reuse: bool = field(default=False, metadata={"help": "reuse artifacts already in --work-dir"})
     corpus: str | None = field(default=None, metadata={"help": "perplexity corpus (default: pydoc topics)"})
     max_tokens: int = field(default=8192, metadata={"help": "tokens of the eval text scored"})
@@ -68,9 +68,11 @@ class BenchConfig:
         require(len(self.rows) > 0, "bench needs at least one row")
         require(len(set(self.rows)) == len(self.rows), f"duplicate rows in {self.rows}")
         for r in self.rows:
-            require(r == ORIGINAL or r in METHOD_NAMES, f"unknown bench row '{r}'; choose bf16 or {METHOD_NAMES}")
+            require(r == ORIGINAL or r in METHOD_NAMES,
+                    f"unknown bench row '{r}'; choose bf16 or {METHOD_NAMES}")
         require(self.remove is None or 0 < self.remove < 1, "remove must be in (0, 1)")
-        require(self.context >= 2 and 0 < self.stride <= self.context, "need context >= 2, 0 < stride <= context")
+        require(self.context >= 2 and 0 < self.stride <= self.context,
+                "need context >= 2 and 0 < stride <= context")
         require(self.max_tokens >= 2 and self.n >= 1 and self.gen_batch >= 1, "max_tokens, n, gen_batch")
         require(self.max_new_tokens >= 1 and self.speed_repeats >= 1, "max_new_tokens, speed_repeats >= 1")
         require(self.speed_prompt_len >= 1 and self.speed_decode_tokens >= 1, "speed sizes must be positive")
@@ -84,7 +86,8 @@ QUICK = {"max_tokens": 2048, "tasks": ("add:1", "add:2", "sub:2", "reverse:3"), 
 
 
 # Under --quick, calibrating methods also get a smaller calibration budget (fewer sequences and grid points;
-# each method's own config fields, passed through ``compress``'s options). Full runs use the methods' defaults.
+# each method's own config fields, passed through ``compress``'s options). Full runs use the methods'
+# defaults.
 QUICK_METHOD_OPTIONS: dict[str, dict] = {
     "smoothquant": {"calib_n": 8, "alpha_grid": (0.4, 0.5, 0.6), "alpha_eval_n": 2},
     "awq-w4": {"calib_n": 8, "awq_grid": 10, "clip_grid": 10, "awq_tokens": 512, "clip_tokens": 128},
@@ -202,7 +205,7 @@ def bench_row(name: str, spec: str, ctx: dict, cfg: BenchConfig, work: Path) -> 
     except UNAVAILABLE as e:
         row.update(status="unavailable", reason=f"{type(e).__name__}: {e}")
         log.warning("bench %s unavailable: %s", name, e)
-    except Exception as e:  # noqa: BLE001 - recorded in the row and logged with its traceback; the CLI exits 1
+    except Exception as e:  # noqa: BLE001 - recorded in the row, logged with its traceback; CLI exits 1
         row.update(status="failed", reason=f"{type(e).__name__}: {e}")
         log.exception("bench %s failed", name)
     finally:

@@ -48,7 +48,7 @@ def show_bench(doc: dict) -> None:
     from .render import bench_table, claims_table, row_notes
     from .tables import render_table
 
-    render_table(f"leanlm bench · {doc['model']['spec']} (timings measured in one process)", *bench_table(doc))
+    render_table(f"leanlm bench · {doc['model']['spec']} (all rows timed in one process)", *bench_table(doc))
     for note in row_notes(doc):
         log.warning("%s", note)
     headers, rows = claims_table(doc)

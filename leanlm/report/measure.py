@@ -29,7 +29,7 @@ class TokenPass:
 
 
 def _batches(ids: torch.Tensor, context: int, stride: int, batch_size: int):
-    """Groups of (start, end, first_scored) windows of equal length, as the perplexity protocol batches them."""
+    """Groups of equal-length (start, end, first_scored) windows, batched as the perplexity protocol does."""
     wins = windows(ids.numel(), context, stride)
     for i in range(0, len(wins), batch_size):
         group = wins[i:i + batch_size]
@@ -44,7 +44,8 @@ def _scored_logits(model, ids: torch.Tensor, group) -> list[tuple[torch.Tensor, 
     device = next(model.parameters()).device
     x = torch.stack([ids[s:e] for s, e, _ in group]).to(device)
     logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
-    return [(logits[row, first - s - 1:e - s - 1], x[row, first - s:]) for row, (s, e, first) in enumerate(group)]
+    return [(logits[row, first - s - 1:e - s - 1], x[row, first - s:])
+            for row, (s, e, first) in enumerate(group)]
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def top1_agreement(a: TokenPass, b: TokenPass) -> float:
 
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) in nats for each row of (N, V) logits, computed in float32. Identical rows give exactly 0."""
+    """KL(p || q) in nats for each row of (N, V) logits, in float32. Identical rows give exactly 0."""
     lp, lq = F.log_softmax(logits_p.float(), -1), F.log_softmax(logits_q.float(), -1)
     return (lp.exp() * (lp - lq)).sum(-1)
 

@@ -45,7 +45,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     and strictly better in one), sorted by size."""
     idx = []
     for i, (x, y) in enumerate(points):
-        dominated = any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i)
+        dominated = any((x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
         if not dominated:
             idx.append(i)
     return sorted(idx, key=lambda i: points[i][0])

@@ -107,7 +107,8 @@ def claims_table(bench: dict) -> tuple[list[str], list[list[str]]]:
 def audit_table(audit: dict) -> tuple[list[str], list[list[str]]]:
     from .audit import SET_KIND
 
-    headers = ["prompt set", "kind", "n", "flips", "flip rate", "lost", "gained", "acc original", "acc compressed"]
+    headers = ["prompt set", "kind", "n", "flips", "flip rate", "lost", "gained", "acc original",
+               "acc compressed"]
     rows = [[s, SET_KIND.get(s, "?"), str(r["n"]), str(r["flips"]), pct(r["flip_rate"]), str(r["lost"]),
              str(r["gained"]), pct(r["accuracy_original"]), pct(r["accuracy_compressed"])]
             for s, r in audit["results"]["sets"].items()]
@@ -124,7 +125,8 @@ def audit_extra_table(audit: dict) -> tuple[list[str], list[list[str]]]:
         if name in res:
             r = res[name]
             rows.append([name.replace("_", " "), f"agreement {pct(r['agreement'])}; refusal rate "
-                         f"{pct(r['refusal_rate_original'])} -> {pct(r['refusal_rate_compressed'])} (n={r['n']})"])
+                         f"{pct(r['refusal_rate_original'])} -> {pct(r['refusal_rate_compressed'])} "
+                         f"(n={r['n']})"])
     return ["measure", "value"], rows
 
 
@@ -133,7 +135,8 @@ def flip_examples_table(audit: dict, limit: int = 6) -> tuple[list[str], list[li
     rows = []
     for s, r in audit["results"]["sets"].items():
         for ex in r.get("examples", []):
-            rows.append([s, ex["prompt"], ex["answer"], ex["original"].strip()[:80], ex["compressed"].strip()[:80]])
+            rows.append([s, ex["prompt"], ex["answer"], ex["original"].strip()[:80],
+                         ex["compressed"].strip()[:80]])
     return ["set", "prompt", "answer", "original said", "compressed said"], rows[:limit]
 
 
@@ -166,7 +169,8 @@ def build_blocks(bench: dict | None = None, audits: list[dict] = (), run: str | 
         res, cfg = bench["results"], bench["protocol"]
         o = res["original"]
         b += [("h2", f"Compression table: {bench['model']['spec']}"),
-              ("p", f"{bench['model']['parameters'] / 1e6:.1f}M parameters; original ({bench['model']['dtype']}): "
+              ("p", f"{bench['model']['parameters'] / 1e6:.1f}M parameters; "
+                    f"original ({bench['model']['dtype']}): "
                     f"perplexity {num(o['perplexity'])} on {o['tokens_scored']} tokens, task accuracy "
                     f"{pct(o['task_accuracy'])} on {o['problems']} held-out problems "
                     f"({', '.join(cfg['tasks'])}); {'quick' if cfg.get('quick') else 'full'} budget, "
@@ -174,14 +178,16 @@ def build_blocks(bench: dict | None = None, audits: list[dict] = (), run: str | 
               ("table", *bench_table(bench)),
               *[("p", n) for n in row_notes(bench)],
               ("p", "Memory saved: weights held in memory after loading; disk saved: weight files. Kept: the "
-                    "row's figure relative to the original (ppl kept = original ppl / row ppl; acc kept = row "
-                    "task accuracy / original's). Greedy tokens agree: positions where the row's greedy answer "
-                    "tokens equal the original's, over all task prompts; top-1 agree: the most likely next token "
+                    "row's figure relative to the original (ppl kept = original ppl / row ppl; acc kept = "
+                    "row task accuracy / original's). Greedy tokens agree: positions where the row's greedy "
+                    "answer tokens equal the original's, over all task prompts; top-1 agree: the most likely "
+                    "next token "
                     "matches at every scored token of the eval text. Speeds are ratios to the original timed "
                     "alternately in the same process (the bf16 row shows the noise of that ratio)."),
               ("h2", "Ours beside the commonly claimed figures"),
               ("p", "Rows marked (claim) quote figures commonly cited for these techniques; they are not our "
-                    "measurements and their model, metric and hardware are unknown. Ours are measured above."),
+                    "measurements and their model, metric and hardware are unknown. Ours are measured "
+                    "above."),
               ("table", *claims_table(bench))]
         png = plots.pareto_chart(bench)
         if png:
@@ -231,7 +237,8 @@ def to_markdown(blocks: list[tuple]) -> str:
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "th,td{border:1px solid #ccc;padding:3px 7px;"
         "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
         "img{max-width:100%}p{line-height:1.4}")
 

@@ -101,3 +101,33 @@ def test_compress_load_eval_end_to_end(tmp_path):
     assert abs(ppl / ppl0 - 1) < 0.02, (ppl, ppl0)
     assert got["memory"]["weights_in_memory_bytes"] < base["memory"]["weights_in_memory_bytes"]
     assert "add:1" in got["tasks"]
+
+
+def test_cli_compress_then_eval(tmp_path):
+    """The CLI path: ``leanlm compress tiny-llama --method int8 -o OUT`` then ``leanlm eval OUT``."""
+    from leanlm.cli import main
+
+    out, doc = tmp_path / "int8", tmp_path / "eval.json"
+    assert main(["compress", "tiny-llama", "--method", "int8", "-o", str(out)]) == 0
+    assert main(["compress", "tiny-llama", "--method", "int8", "-o", str(out)]) != 0   # exists, no --force
+    assert main(["compress", "tiny-llama", "--method", "int8", "-o", str(out), "--force"]) == 0
+    assert main(["eval", str(out), "--max-tokens", "300", "--context", "64", "--stride", "64", "--n", "2",
+                 "--tasks", "add:1", "--no-speed", "--no-progress", "--json", str(doc)]) == 0
+    result = json.loads(doc.read_text())["results"]
+    assert 1.0 < result["perplexity"]["perplexity"] < 200.0
+    assert result["memory"]["weights_on_disk_bytes"] > 0
+
+
+@pytest.mark.real_model
+def test_int8_smollm2_perplexity_within_half_percent():
+    """The issue's INT8 goal on a 1024-token slice of the eval split (the benchmark uses the full protocol)."""
+    from leanlm.eval.corpus import load_corpus, split_corpus
+    from leanlm.eval.perplexity import corpus_ids, perplexity
+
+    model, tok = leanlm.load("smollm2-135m")
+    ids = corpus_ids(tok, split_corpus(load_corpus(), "eval"), 1024)
+    base = perplexity(model, ids, 512, 512, 2, progress=False).perplexity
+    quantize_model(model, QuantConfig(method=Method.INT8))
+    got = perplexity(model, ids, 512, 512, 2, progress=False).perplexity
+    assert got <= base * 1.005, (got, base)
+    assert memory_bytes(model) < 0.62 * 269_030_144   # int8 linears + bf16 embedding (measured 60.7%)

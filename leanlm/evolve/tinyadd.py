@@ -81,7 +81,10 @@ def problems(split: str, digits: int, n: int, exact: bool, start: int = 0, stric
 
 
 def heldout(digits: int, n: int) -> list[AddProblem]:
-    return problems(HELDOUT, digits, n, exact=True)
+    """Held-out problems with both operands exactly ``digits`` long. At most a fifth of a small length's
+    space is held out (1 digit has only 100 problems), so training still sees that length."""
+    space = (10 if digits == 1 else 9 * 10 ** (digits - 1)) ** 2
+    return problems(HELDOUT, digits, min(n, max(1, space // 5)), exact=True)
 
 
 def seed_set(max_digits: int, n: int, split: str = SEED) -> list[AddProblem]:

@@ -130,6 +130,9 @@ def plot(path: Path, rows: list[dict]) -> None:
     for r in rows:
         if not r["accepted"]:
             ax.axvline(r["generation"], color="red", alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="generation (red: rolled back)", ylabel="rate", ylim=(-0.02, 1.02), title=path.parent.name)
     ax.legend(loc="best")
     fig.tight_layout()

@@ -15,7 +15,7 @@ from ...config import from_dict
 from . import format as fmt
 from .container import ContainerReader
 from .delta import DeltaParentError, compress_delta, decompress_delta
-from .hooks import TORCH_DTYPES, CodedTensor, LazyWeights, keep_coded
+from .hooks import TORCH_DTYPES, CodedTensor, LazyWeights, keep_coded, unit_parameter_names
 from .store import LosslessConfig, build, read_manifest, restore, verify
 
 log = logging.getLogger(__name__)
@@ -124,17 +124,45 @@ def load_model(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "c
 
 
 def load_lazy(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", threads: int = 0):
-    """Like ``load_model``, but each decoder layer's (and the embedding's) weights stay coded in memory and
-    are decoded just before the layer runs, then freed. ``model.lazy_weights`` holds the controller."""
+    """Like ``load_model``, but each decoder layer's (and the embedding's / head's) weights stay coded in
+    memory and are decoded just before the layer runs, then freed; ``model.lazy_weights`` is the controller.
+
+    The model is built with empty (meta) parameters, so the full set of decoded weights never exists at
+    once: every tensor is decoded once at load to check its checksum, then only the coded planes are kept."""
+    from accelerate import init_empty_weights
+    from transformers import GenerationConfig
+
     path = Path(path)
-    model, tok = load_model(path, dtype, device, threads=threads)
     manifest = read_manifest(path, "model")
-    coded = {}
+    cls, config = _model_class(path, manifest)
+    threads = threads or LosslessConfig().n_threads()
+    with init_empty_weights(include_buffers=False):   # parameters on meta, buffers (rotary) computed
+        model = cls._from_config(config, dtype=dtype)
+    model.to(dtype=dtype)   # buffers cast as leanlm.load does
+    managed = unit_parameter_names(model)
+    coded, eager = {}, {}
     for reader in _readers(path, manifest):
         for name in reader.order:
-            enc = reader.coded(name)
+            meta = reader.tensors[name]
+            data = reader.decode(name, threads=threads)          # verifies the checksum
+            enc = reader.coded(name) if name in managed else None
             if enc is not None:
-                meta = reader.tensors[name]
                 coded[name] = CodedTensor(keep_coded(enc), meta["dtype"], tuple(meta["shape"]))
-    model.lazy_weights = LazyWeights(model, coded, dtype, threads or LosslessConfig().n_threads())
-    return model, tok
+                continue
+            data = data if data.flags.writeable else data.copy()
+            t = torch.from_numpy(data).view(TORCH_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+            eager[name] = t.to(dtype) if t.is_floating_point() else t
+    for name, _ in list(model.named_parameters(remove_duplicate=False)):
+        if name in eager or name in coded:
+            mod, _, leaf = name.rpartition(".")
+            value = eager[name] if name in eager else torch.empty(0, dtype=dtype)
+            setattr(model.get_submodule(mod), leaf, torch.nn.Parameter(value, requires_grad=False))
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise fmt.FormatError(f"{path}: the container lacks weights for {missing[:5]}")
+    if (path / fmt.DATA_DIR / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path / fmt.DATA_DIR)
+    model = model.to(device).eval()
+    model.lazy_weights = LazyWeights(model, coded, dtype, threads)
+    return model, _tokenizer(path)

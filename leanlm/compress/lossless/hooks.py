@@ -41,6 +41,16 @@ class CodedTensor:
         return torch.from_numpy(values).view(TORCH_DTYPES[self.dtype]).reshape(self.shape)
 
 
+def unit_modules(model: torch.nn.Module):
+    """(name, module) of every decode unit of ``model``."""
+    return [(n, m) for n, m in model.named_modules() if any(re.fullmatch(p, n) for p in UNIT_PATTERNS)]
+
+
+def unit_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Full names of the parameters inside decode units (what stays coded in memory)."""
+    return {f"{n}.{p}" for n, m in unit_modules(model) for p, _ in m.named_parameters(remove_duplicate=False)}
+
+
 class LazyWeights:
     """Holds coded weights for a model's decode units and materialises them around each unit's forward."""
 
@@ -51,9 +61,7 @@ class LazyWeights:
         owner = {id(by_name[n]): n for n in coded if n in by_name}   # parameter object -> coded tensor name
         self.units: dict[str, list[tuple[torch.nn.Parameter, str]]] = {}
         self.handles = []
-        for mname, module in model.named_modules():
-            if not any(re.fullmatch(p, mname) for p in UNIT_PATTERNS):
-                continue
+        for mname, module in unit_modules(model):
             params = [(p, owner[id(p)]) for p in module.parameters() if id(p) in owner]
             if not params:
                 continue

@@ -36,13 +36,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from ..eval.results import document
     from ..report.tables import render_mapping
     from .config import preset
+    from .lineage import load_config
     from .loop import resume, run
 
     show = _render_generation
     if args.resume:
         over = {k: v for k, v in _overrides(args).items() if k in ("generations", "budget", "progress")}
         result = resume(args.resume, on_generation=show, **over)
-        cfg_dict = to_dict(__import__("leanlm.evolve.lineage", fromlist=["x"]).load_config(args.resume))
+        cfg_dict = to_dict(load_config(args.resume))
     else:
         if not args.spec or not args.out:
             raise ValueError("give a SPEC and --out RUN_DIR, or --resume RUN_DIR")

@@ -210,6 +210,39 @@ def bench_lazy(out_dir: Path, n_tokens: int = 64, new_tokens: int = 8) -> dict:
     return res
 
 
+RSS_PROBE = """
+import gc, resource, sys, psutil, torch
+from pathlib import Path
+import leanlm
+from leanlm.compress.lossless import api
+mode, out = sys.argv[1], Path(sys.argv[2])
+ids = torch.randint(100, 10000, (1, 32), generator=torch.Generator().manual_seed(0))
+if mode == "plain bf16":
+    m, _ = leanlm.load("smollm2-135m")
+elif mode == "decoded at load":
+    m, _ = leanlm.load(str(out))
+else:
+    m, _ = api.load_lazy(out, torch.bfloat16, "cpu")
+with torch.no_grad():
+    m(ids)
+gc.collect()
+print(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def bench_rss(out_dir: Path) -> dict:
+    """Process memory per mode, each in a fresh interpreter (RSS after one forward, and peak RSS)."""
+    import subprocess
+
+    res = {}
+    for mode in ("plain bf16", "decoded at load", "on the fly"):
+        line = subprocess.run([sys.executable, "-c", RSS_PROBE, mode, str(out_dir)], capture_output=True,
+                              text=True, check=True).stdout.strip().splitlines()[-1]
+        rss, peak = (int(x) for x in line.split())
+        res[mode] = {"rss_after_forward_bytes": rss, "peak_rss_bytes": peak}
+    return res
+
+
 def bench_delta(work: Path, steps: int = 3, lr: float = 5e-5) -> dict:
     """Fine-tune SmolLM2 for a few AdamW steps (fp32 master weights, saved bf16) and store it as a delta."""
     from leanlm.compress.lossless import api
@@ -261,10 +294,12 @@ def render(results: dict) -> None:
     console.print(t)
     if "lazy" in results:
         t = Table(title="SmolLM2-135M: weights decoded at load vs per layer on the fly (bf16, CPU)")
-        for col in ("mode", "weights in memory", "vs plain", "load s", "prefill tok/s", "generate tok/s"):
+        for col in ("mode", "weights in memory", "vs plain", "process RSS", "peak RSS", "load s", "prefill tok/s",
+                    "generate tok/s"):
             t.add_column(col)
         for m, r in results["lazy"].items():
             t.add_row(m, f"{r['weights_in_memory_bytes'] / 2**20:.1f} MiB", f"{r['memory_vs_plain']:.1%}",
+                      f"{r.get('rss_after_forward_bytes', 0) / 2**20:.0f} MiB", f"{r.get('peak_rss_bytes', 0) / 2**20:.0f} MiB",
                       f"{r['load_s']:.1f}", f"{r['prefill_tok_s']:.0f}", f"{r['generate_tok_s']:.1f}")
         console.print(t)
     if "delta" in results:
@@ -296,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             log.info("on-the-fly decoding")
             results["lazy"] = bench_lazy(Path(tmp) / "smol")
+            for mode, r in bench_rss(Path(tmp) / "smol").items():
+                results["lazy"][mode].update(r)
             log.info("delta of a fine-tuned child")
             results["delta"] = bench_delta(Path(tmp))
     render(results)

@@ -110,14 +110,15 @@ def test_run_dir_refuses_another_config(full_run):
 def test_chat_recipe_plumbing_with_lora(tmp_path, monkeypatch):
     """One chat-recipe generation on tiny-llama: probe, plan, adversarial + fresh problems, sampling, judge,
     LoRA training with PCGrad against corpus retention, merge, gate (ppl, refusals), adapter + merged model.
-    A random tiny model answers nothing right, so the verifier is replaced by one that accepts every answer."""
+    A random tiny model answers nothing right, so the verifier is replaced by one that accepts about half of
+    the answers (by length parity), which also yields preference pairs for the DPO steps."""
     torch.set_num_threads(1)
-    monkeypatch.setattr(loop, "verify", lambda p, o: bool(o.strip()))
+    monkeypatch.setattr(loop, "verify", lambda p, o: bool(o.strip()) and len(o) % 2 == 0)
     cfg = EvolveConfig(spec="tiny-llama", skills=("add:1", "sort:1"), headline_skills=("add:1",),
                        retention_skills=("mul:1",), generations=1,
                        budget=0, problems=8, samples=2, steps=3, batch_size=4, lora_r=4, replay=4, probe_n=4,
                        heldout_n=4, max_new_tokens=6, ppl_tokens=600, judge_n=4, ppl_tolerance=100.0,
-                       refusal_tolerance=1.0, retention_tolerance=1.0, progress=False)
+                       refusal_tolerance=1.0, retention_tolerance=1.0, propose=2, dpo_steps=2, progress=False)
     out = tmp_path / "chat"
     result = loop.run(cfg, out)
     recs = lineage.records(out)
@@ -126,6 +127,8 @@ def test_chat_recipe_plumbing_with_lora(tmp_path, monkeypatch):
     assert g1["accepted"], g1["decisions"]
     assert g1["data"]["sft"] > 0 and g1["train"]["steps"] == 3 and g1["train"]["loss_ret_first"] is not None
     assert g1["judge"]["n"] > 0 and 0 <= g1["judge"]["agreement"] <= 1
+    assert g1["data"]["pairs"] > 0 and g1["train"]["dpo"] is not None   # the RLAIF path ran
+    assert (lineage.gen_dir(out, 1) / "pairs.jsonl").read_text().count("\n") == g1["data"]["pairs"]
     assert sum(g1["plan"]["problems"].values()) == 8 and g1["metrics"]["ppl"] > 1
     d = lineage.gen_dir(out, 1)
     assert (d / "adapter" / "adapter_config.json").is_file() and (d / "model" / "config.json").is_file()

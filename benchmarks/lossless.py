@@ -211,7 +211,7 @@ def bench_lazy(out_dir: Path, n_tokens: int = 64, new_tokens: int = 8) -> dict:
 
 
 RSS_PROBE = """
-import gc, resource, sys, psutil, torch
+import gc, sys, psutil, torch
 from pathlib import Path
 import leanlm
 from leanlm.compress.lossless import api
@@ -226,7 +226,8 @@ else:
 with torch.no_grad():
     m(ids)
 gc.collect()
-print(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+hwm = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM"))
+print(psutil.Process().memory_info().rss, hwm)   # VmHWM: peak RSS since exec (ru_maxrss survives exec)
 """
 
 

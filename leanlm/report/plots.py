@@ -65,8 +65,9 @@ def pareto_chart(bench: dict) -> bytes | None:
     pts = [(size_of(r) / 2**20, r["perplexity"]) for r in rows]
     plt, fig, ax = _figure()
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue", zorder=3)
-    for r, (x, y) in zip(rows, pts):
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for i, (r, (x, y)) in enumerate(sorted(zip(rows, pts), key=lambda t: t[1])):
+        # Stagger labels so points of similar size and perplexity (int8, smoothquant) stay readable.
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5 - 11 * (i % 3)), fontsize=8)
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:orange",
             label="Pareto front", zorder=2)

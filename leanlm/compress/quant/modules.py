@@ -26,7 +26,11 @@ from torch import nn
 from .primitives import INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token, unpack_int4
 
 
-DENSE_ROWS = 32   # rows above which weight-only modules use dequantise + dense GEMM (see module doc)
+# Rows above which weight-only modules use dequantise + dense GEMM (see module doc). Measured crossovers on
+# SmolLM2 prefill (2-core x86, under load): int8 dense matches bf16 from ~32 rows; int4 dequantisation costs
+# more (nibble unpacking), so its kernel stays ahead up to ~128-256 rows.
+DENSE_ROWS_INT8 = 32
+DENSE_ROWS_INT4 = 256
 
 
 def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,7 +62,7 @@ class Int8Linear(_QuantLinear):
     kind = "int8"
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 dense_rows: int = DENSE_ROWS) -> None:
+                 dense_rows: int = DENSE_ROWS_INT8) -> None:
         super().__init__(qweight.shape[1], qweight.shape[0], bias)
         self.dense_rows = dense_rows
         self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
@@ -125,7 +129,7 @@ class Int4Linear(_QuantLinear):
     kind = "int4"
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-                 bias: torch.Tensor | None = None, dense_rows: int = DENSE_ROWS) -> None:
+                 bias: torch.Tensor | None = None, dense_rows: int = DENSE_ROWS_INT4) -> None:
         n, k = codes.shape
         super().__init__(k, n, bias)
         self.group, self.dense_rows = group, dense_rows
@@ -136,7 +140,7 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_zeros", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
         # The packed layout is the kernel's business; where it is the one we know how to read (x86 builds:
         # blocks of 64 rows, byte j of column k = rows j | j+32 << 4), dense dequantisation reads it directly.
-        self.layout_known = n % 64 == 0 and torch.equal(_unpack_cpu_int4(self.packed, n, self.padded_in), codes32)
+        self.layout_known = n % 64 == 0 and torch.equal(_unpack_cpu_int4(self.packed, n, self.padded_in).to(torch.int32), codes32)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype, group: int = 128,
@@ -194,9 +198,9 @@ def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Codes (N, K) int32 from the x86 CPU int4 kernel layout: (N/64, K, 32) bytes, low nibble = row j
     of the 64-row block, high nibble = row j + 32. Callers check the result against known codes."""
     if n % 64 or packed.numel() * 2 != n * k:
-        return torch.full((n, k), -1, dtype=torch.int32)
+        return torch.full((n, k), 255, dtype=torch.uint8)
     p = packed.view(n // 64, k, 32)
-    return torch.cat([p & 0x0F, p >> 4], dim=-1).permute(0, 2, 1).reshape(n, k).to(torch.int32)
+    return torch.cat([p & 0x0F, p >> 4], dim=-1).permute(0, 2, 1).reshape(n, k)   # uint8
 
 
 QUANT_MODULES: dict[str, type[_QuantLinear]] = {m.kind: m for m in (Int8Linear, W8A8Linear, Int4Linear)}

@@ -120,7 +120,7 @@ def test_cli_compress_then_eval(tmp_path):
 
 @pytest.mark.real_model
 def test_int8_smollm2_perplexity_within_half_percent():
-    """The issue's INT8 goal on a 1024-token slice of the eval split (the benchmark uses the full protocol)."""
+    """The issue's INT8 goal on a 1024-token slice of the eval split (the benchmark: full protocol)."""
     from leanlm.eval.corpus import load_corpus, split_corpus
     from leanlm.eval.perplexity import corpus_ids, perplexity
 

@@ -136,7 +136,10 @@ def test_int4_kernel_bf16_activations():
 def test_dense_path_for_long_inputs_matches_kernel(kind):
     """Inputs of more than ``dense_rows`` rows take dequantise + dense GEMM; both paths agree."""
     lin = _linear(128, 192)
-    m = Int8Linear.from_float(lin, torch.float32) if kind == "int8" else Int4Linear.from_float(lin, torch.float32, 64)
+    if kind == "int8":
+        m = Int8Linear.from_float(lin, torch.float32)
+    else:
+        m = Int4Linear.from_float(lin, torch.float32, 64)
     if kind == "int4" and not m.layout_known:
         pytest.skip("this CPU build packs int4 differently: the int4 dense path is off (kernel only)")
     x = torch.randn(m.dense_rows + 8, 192)

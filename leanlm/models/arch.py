@@ -12,6 +12,7 @@ function. ``prev`` is either an RMSNorm (its weight absorbs ``1/s``; Gemma's nor
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -73,9 +74,9 @@ GEMMA3 = ArchSpec(
     softmax_inputs=LLAMA.softmax_inputs,
     norm_offset=1.0,
 )
-GEMMA3_MULTIMODAL = ArchSpec(**{**GEMMA3.__dict__, "name": "gemma3-mm", "layers": "model.language_model.layers",
-                                "final_norm": "model.language_model.norm",
-                                "embed": "model.language_model.embed_tokens"})
+GEMMA3_MULTIMODAL = dataclasses.replace(GEMMA3, name="gemma3-mm", layers="model.language_model.layers",
+                                        final_norm="model.language_model.norm",
+                                        embed="model.language_model.embed_tokens")
 
 # model_type -> spec. Mistral and Qwen2 share Llama's block layout (Qwen2's q/k/v biases do not
 # change the scale algebra: W diag(s) (x / s) + b = W x + b).
@@ -90,9 +91,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 def arch_for(model_or_type: torch.nn.Module | str) -> ArchSpec:
     """The table entry for a model (by ``model.config.model_type``) or a model_type string."""
-    mt = model_or_type if isinstance(model_or_type, str) else getattr(model_or_type.config, "model_type", None)
+    if isinstance(model_or_type, str):
+        mt = model_or_type
+    else:
+        mt = getattr(model_or_type.config, "model_type", None)
     if mt not in ARCHITECTURES:
-        raise UnknownArchitectureError(f"no architecture table for model_type '{mt}'; known: {sorted(ARCHITECTURES)}")
+        raise UnknownArchitectureError(f"no architecture table for model_type '{mt}'; "
+                                       f"known: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[mt]
 
 

@@ -2,7 +2,8 @@
 
 * ``quantize_model(model, cfg, calib_ids)`` - quantise in place (Python verb used by other helpers);
 * ``save_quantized`` / ``load_quantized`` - the ``leanlm.quant`` checkpoint format;
-* ``compress_cli(spec, out, options)`` - ``leanlm compress SPEC --method int8|w8a8|smoothquant|rtn-w4|awq-w4``;
+* ``compress_cli(spec, out, options)`` - ``leanlm compress SPEC --method M`` for M in int8, w8a8,
+  smoothquant, rtn-w4, awq-w4;
 * ``load_model(path, dtype, device)`` - the loader registered for ``leanlm.json`` format ``leanlm.quant``.
 """
 from __future__ import annotations
@@ -58,7 +59,8 @@ def compress_cli(spec: str, out: Path, options: dict) -> dict:
     manifest = save_quantized(model, tok, out, cfg, overwrite=bool(options.get("force")),
                               extra=calibration_summary(model))
     return {"spec": spec, "method": cfg.method.value, "output": str(out), "config": to_dict(cfg),
-            "quantized_modules": len(manifest["modules"]), "weights_bytes": manifest["files"]["model.safetensors"]["bytes"],
+            "quantized_modules": len(manifest["modules"]),
+            "weights_bytes": manifest["files"]["model.safetensors"]["bytes"],
             "calibration": manifest["calibration"], "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -39,7 +39,8 @@ def weight_channel_mean(weights: list[torch.Tensor], group: int) -> torch.Tensor
 
 @torch.no_grad()
 def search_scale(x: torch.Tensor, weights: list[torch.Tensor], quant: QuantFn, grid: int = 20,
-                 w_mean: torch.Tensor | None = None, forward: Forward | None = None) -> tuple[torch.Tensor, float, list[float]]:
+                 w_mean: torch.Tensor | None = None,
+                 forward: Forward | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """Best per-input-channel scale (K,) for the linears ``weights`` on inputs ``x`` (T, K).
 
     Candidates: ``mean|x|^a`` and, when ``w_mean`` is given, also ``mean|x|^a / w_mean^(1-a)`` ("duo"
@@ -54,7 +55,8 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], quant: QuantFn, g
     x_mean = x.abs().mean(dim=0)
     cands = [(i / grid, candidate_scales(x_mean, i / grid)) for i in range(grid)]
     if w_mean is not None:
-        cands += [(i / grid, candidate_scales(x_mean.pow(i / grid) / w_mean.clamp(min=1e-4).pow(1 - i / grid), 1.0))
+        w_floor = w_mean.clamp(min=1e-4)
+        cands += [(i / grid, candidate_scales(x_mean.pow(i / grid) / w_floor.pow(1 - i / grid), 1.0))
                   for i in range(1, grid)]
     losses, best = [], (float("inf"), None, 0.0)
     for alpha, s in cands:
@@ -69,7 +71,8 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], quant: QuantFn, g
 @torch.no_grad()
 def search_clip(x: torch.Tensor, w: torch.Tensor, group: int, grid: int = 20, max_shrink: float = 0.5,
                 scale_dtype: torch.dtype = torch.float32, chunk_rows: int = 256) -> torch.Tensor:
-    """Per-(row, group) clip ratio (N, G) for int4 group quantisation of ``w`` (N, K) on inputs ``x`` (T, K)."""
+    """Per-(row, group) clip ratio (N, G) for int4 group quantisation of ``w`` (N, K) on inputs ``x``
+    (T, K)."""
     n, k = w.shape
     g = n_groups(k, group)
     pad = g * group - k

@@ -94,4 +94,5 @@ def for_each_block(model: nn.Module, arch: ArchSpec, ids: torch.Tensor, batch: i
         outputs = fn(i, block, inputs)
         if i + 1 < len(layers):
             inputs = outputs if outputs is not None else run_block(block, inputs)
-        log.log(logging.INFO if (i + 1) % 10 == 0 else logging.DEBUG, "calibrated block %d/%d", i + 1, len(layers))
+        level = logging.INFO if (i + 1) % 10 == 0 else logging.DEBUG
+        log.log(level, "calibrated block %d/%d", i + 1, len(layers))

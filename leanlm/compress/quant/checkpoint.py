@@ -101,11 +101,13 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.bfloat16, device
     """Rebuild the model from config.json, put integer modules in place, load every tensor; exact."""
     path = Path(path)
     if device != "cpu":
-        raise QuantCheckpointError(f"quantised models run on CPU integer kernels; device '{device}' unsupported")
+        raise QuantCheckpointError(f"quantised models run on CPU integer kernels; "
+                                   f"device '{device}' is unsupported")
     manifest = read_manifest(path)
     weights = path / WEIGHTS
     if verify and sha256_file(weights) != manifest["files"][WEIGHTS]["sha256"]:
-        raise QuantCheckpointError(f"{weights} does not match the checksum in {MANIFEST} (corrupt or modified)")
+        raise QuantCheckpointError(f"{weights} does not match the checksum in {MANIFEST} "
+                                   f"(corrupt or modified)")
     cfg = from_dict(QuantConfig, manifest["config"])
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     # As leanlm.models.load does: cast every float buffer too (rotary tables), so outputs match exactly.

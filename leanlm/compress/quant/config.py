@@ -33,13 +33,15 @@ class QuantConfig:
     # SmoothQuant: migration strength alpha, chosen per model from this grid by calibration loss
     alpha_grid: tuple[float, ...] = field(default=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                                           metadata={"help": "SmoothQuant alphas tried"})
-    alpha_eval_n: int = field(default=4, metadata={"help": "held-back calibration sequences scoring each alpha"})
+    alpha_eval_n: int = field(default=4,
+                              metadata={"help": "held-back calibration sequences scoring each alpha"})
     smooth_linear_pairs: bool = field(default=True,
                                       metadata={"help": "also smooth linear->linear pairs (up->down, v->o)"})
     # AWQ: per-channel scale = mean|x|^a / normaliser, a in {0, 1/grid, ..., (grid-1)/grid}; then clipping
     awq_grid: int = field(default=20, metadata={"help": "AWQ scale-search grid points"})
     awq_tokens: int = field(default=512, metadata={"help": "calibration tokens used by the AWQ scale search"})
-    awq_duo_scaling: bool = field(default=True, metadata={"help": "also try mean|x|^a / mean|w|^(1-a) scales"})
+    awq_duo_scaling: bool = field(default=True,
+                                  metadata={"help": "also try mean|x|^a / mean|w|^(1-a) scales"})
     awq_inspect: bool = field(default=True, metadata={"help": "score gate/up scales on the MLP output"})
     awq_clip: bool = field(default=True, metadata={"help": "AWQ weight-clipping search"})
     clip_grid: int = field(default=20, metadata={"help": "clip ratios 1 - i/grid tried"})

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .primitives import INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token, unpack_int4
+from .primitives import (INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token,
+                         unpack_int4)
 
 
 # Rows above which weight-only modules use dequantise + dense GEMM (see module doc). Measured crossovers on
@@ -140,13 +141,15 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_zeros", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
         # The packed layout is the kernel's business; where it is the one we know how to read (x86 builds:
         # blocks of 64 rows, byte j of column k = rows j | j+32 << 4), dense dequantisation reads it directly.
-        self.layout_known = n % 64 == 0 and torch.equal(_unpack_cpu_int4(self.packed, n, self.padded_in).to(torch.int32), codes32)
+        unpacked = _unpack_cpu_int4(self.packed, n, self.padded_in)
+        self.layout_known = n % 64 == 0 and torch.equal(unpacked.to(torch.int32), codes32)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype, group: int = 128,
                    clip: torch.Tensor | None = None) -> Int4Linear:
         q, s, z = quantize_int4(linear.weight.detach(), group, clip, scale_dtype=dtype)
-        return cls(q, s.to(dtype), z.to(dtype), group, None if linear.bias is None else linear.bias.detach().to(dtype))
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        return cls(q, s.to(dtype), z.to(dtype), group, bias)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """Dense (N, padded K) weights in ``dtype`` (padding columns are multiplied by zero inputs)."""
@@ -170,9 +173,10 @@ class Int4Linear(_QuantLinear):
         """The (N, K) uint8 codes. Read from the packed layout when it is the known one; otherwise
         recovered exactly by running the kernel on identity rows with scale 1 and zero 8."""
         if self.layout_known:
-            return _unpack_cpu_int4(self.packed, self.out_features, self.padded_in)[:, :self.in_features].to(torch.uint8)
+            return _unpack_cpu_int4(self.packed, self.out_features, self.padded_in)[:, :self.in_features]
         g = self.padded_in // self.group
-        unit = torch.stack([torch.ones(g, self.out_features), torch.full((g, self.out_features), float(INT4_MID))], -1)
+        ones = torch.ones(g, self.out_features)
+        unit = torch.stack([ones, ones * INT4_MID], dim=-1)
         rows = []
         for start in range(0, self.in_features, chunk):
             eye = torch.eye(self.padded_in)[start:min(start + chunk, self.in_features)]
@@ -191,7 +195,8 @@ class Int4Linear(_QuantLinear):
                      group: int = 128) -> Int4Linear:
         codes = unpack_int4(t["qweight"])[:, :in_features]
         bias = t.get("bias")
-        return cls(codes, t["scale"].to(dtype), t["zero"].to(dtype), group, None if bias is None else bias.to(dtype))
+        bias = None if bias is None else bias.to(dtype)
+        return cls(codes, t["scale"].to(dtype), t["zero"].to(dtype), group, bias)
 
 
 def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:

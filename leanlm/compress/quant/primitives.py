@@ -28,7 +28,8 @@ def _round_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- int8 symmetric per channel
-def quantize_int8(w: torch.Tensor, scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor,
+                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float -> (q int8 (N, K), scale (N,) float32, exactly representable in ``scale_dtype``)."""
     wf = w.float()
     amax = wf.abs().amax(dim=-1).clamp(min=1e-8)
@@ -71,7 +72,8 @@ def group_minmax(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def quantize_int4(w: torch.Tensor, group: int = 128, clip: torch.Tensor | None = None,
-                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  scale_dtype: torch.dtype = torch.float32
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, K) float -> (q uint8 (N, K) in [0, 15], scale (N, G), zero (N, G)), float32 scale/zero.
 
     ``clip`` (N, G) in (0, 1] shrinks each group's [min, max] range before quantising (AWQ's clipping).

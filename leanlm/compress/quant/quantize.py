@@ -57,7 +57,8 @@ def _groups(block: nn.Module, arch: ArchSpec, linear_pairs: bool) -> list[ScaleG
 
 
 # ------------------------------------------------------------------------------ SmoothQuant
-def collect_absmax(model: nn.Module, arch: ArchSpec, ids: torch.Tensor, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+def collect_absmax(model: nn.Module, arch: ArchSpec, ids: torch.Tensor,
+                   cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
     """Per block, per scale group: max |x_j| of the group's input over the calibration tokens."""
     stats: list[dict[str, torch.Tensor]] = []
 
@@ -191,7 +192,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_ids: torch.Tensor |
     The returned model carries ``model.leanlm_quant`` (config and calibration results: chosen alpha, ...).
     """
     if cfg.calibrated and calib_ids is None:
-        raise ValueError(f"method '{cfg.method.value}' calibrates: pass calib_ids (see leanlm.compress.calib)")
+        raise ValueError(f"method '{cfg.method.value}' calibrates: pass calib_ids "
+                         f"(see leanlm.compress.calib)")
     arch = arch_for(model)
     t0 = time.perf_counter()
     info: dict = {}

@@ -3,7 +3,8 @@
 For a producer P whose output channel j feeds input channel j of linears W_1..W_m, dividing P's output
 by ``s_j`` and multiplying column j of every W_i by ``s_j`` leaves ``W_i x`` unchanged in exact
 arithmetic. P is an RMSNorm (``y = x_hat * (offset + w)``: the new weight is ``(offset + w) / s - offset``)
-or a linear (its output rows and bias are divided by ``s``). All math in float32 (float64 for float64 tensors), cast back at the end.
+or a linear (its output rows and bias are divided by ``s``). All math in float32 (float64 for float64
+tensors), cast back at the end.
 """
 from __future__ import annotations
 

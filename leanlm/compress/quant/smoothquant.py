@@ -17,7 +17,8 @@ def channel_absmax(x: torch.Tensor) -> torch.Tensor:
 
 def smoothing_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float,
                      eps: float = 1e-5) -> torch.Tensor:
-    """Per-input-channel smoothing factors (K,) for the linears ``weights`` (each (N_i, K)) sharing one input."""
+    """Per-input-channel smoothing factors (K,) for the linears ``weights`` (each (N_i, K)) that share
+    one input."""
     w_absmax = torch.cat([w.float().abs() for w in weights], dim=0).amax(dim=0).clamp(min=eps)
     a = act_absmax.float().clamp(min=eps)
     s = a.pow(alpha) / w_absmax.pow(1.0 - alpha)

@@ -67,7 +67,7 @@ class Sweep:
         return {"eval": to_dict(self.cfg), "spec": a.spec, "recovery_steps": a.steps, "calib_n": a.calib_n}
 
     def done(self, name: str) -> bool:
-        return name in self.rows
+        return name in self.rows or name in self.args.skip
 
     def record(self, name: str, path: Path | None, extra: dict) -> dict:
         t0 = time.perf_counter()
@@ -167,19 +167,27 @@ def awq_row(s: Sweep, base_bf16, tok):
 
 
 def speed_rows(s: Sweep):
-    """Factored (x @ B then @ A on int8 codes) against rebuilt-dense execution of one artefact."""
+    """Factored (x @ B then @ A on int8 codes) against rebuilt-dense execution of a 20%-removed artefact.
+
+    Plain SVD builds it (no calibration needed); with uniform allocation its ranks, hence its memory and
+    speed, are those of the whitened artefact too."""
     from leanlm.compress.lowrank.api import load_model
 
-    path = s.work / "whitened-20"
-    if s.done("speed") or not path.exists():
+    if s.done("speed"):
         return
+    path = s.work / "speed-artefact"
+    model, tok = load(s.args.spec, dtype="fp32")
+    decompose_model(model, LowRankConfig(method=Method.SVD, remove=0.2))
+    save_lowrank(model, tok, path, {}, overwrite=True)
+    del model
     out = {}
-    for ex in (Execution.FACTORED, Execution.DENSE, "original"):
+    for ex in ("original", Execution.FACTORED, Execution.DENSE):
         model, _ = load(s.args.spec, dtype="bf16") if ex == "original" else load_model(path, torch.bfloat16, "cpu", ex)
         sp = measure_speed(model, repeats=s.args.speed_repeats)
         out[str(getattr(ex, "value", ex))] = {"memory_bytes": memory_bytes(model), "prefill_tok_s": sp.prefill_tok_s,
                                              "decode_tok_s_b1": sp.decode_tok_s_b1, "decode_tok_s_b8": sp.decode_tok_s_b8}
-    s.rows["speed"] = {"name": "speed", "artifact": "whitened-20", "note": "measured under load", **out}
+    s.rows["speed"] = {"name": "speed", "artifact": "svd-20 (uniform ranks = whitened-20 ranks)",
+                       "note": f"measured under load, {torch.get_num_threads()} thread(s)", **out}
     s.save()
 
 
@@ -224,6 +232,21 @@ def show(rows: dict) -> None:
     console.print(t)
 
 
+def merge(files: list[str], out: Path) -> int:
+    """Rows of several partial runs (e.g. run in parallel with --only) in one document and plot."""
+    files = [f for f in files if Path(f).is_file() or log.warning("%s not found; merged without it", f)]
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    rows = {r["name"]: r for d in docs for r in d["results"]["rows"]}
+    protocols = {f: d["protocol"] for f, d in zip(files, docs)}
+    doc = document("lowrank-sweep", docs[0]["model"], {"merged_from": protocols},
+                   {"rows": list(rows.values()), "goals": goals(rows)})
+    atomic_write_json(out, doc)
+    show(rows)
+    plot(rows, out.with_suffix(".png"))
+    print(json.dumps(goals(rows), indent=2))  # noqa: T201 - a script
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -242,7 +265,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=["original", "lowrank", "awq", "combined", "control", "speed"])
     p.add_argument("--json", default=str(HERE / "results" / "lowrank.json"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--skip", nargs="+", default=[], metavar="ROW", help="rows not to run (e.g. run elsewhere)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the rows of these result files into --json")
     a = p.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, Path(a.json))
     if a.quick:
         a.fractions, a.max_tokens = [0.2], min(a.max_tokens, 4096)
     if a.threads:

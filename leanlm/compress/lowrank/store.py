@@ -122,7 +122,6 @@ def load_lowrank(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = 
 def densify(model: nn.Module) -> None:
     """Replace every ``LowRankLinear`` by an ``nn.Linear`` holding its rebuilt weight ``A @ B``."""
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]:
-        dtype = m.a_codes.new_empty(0, dtype=torch.float32).dtype if m.bias is None else m.bias.dtype
         dtype = next((b.dtype for b in [m.bias] if b is not None), _model_dtype(model))
         lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=dtype, device=m.a_codes.device)
         lin.weight.copy_(m.dense_weight(dtype))

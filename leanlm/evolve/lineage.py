@@ -98,6 +98,7 @@ def save_generation(run: Path, record: dict, data: list[Example], pairs: list[di
         files = {"data.jsonl": sha256_file(tmp / "data.jsonl"), "pairs.jsonl": sha256_file(tmp / "pairs.jsonl")}
         if adapter_dir is not None:
             shutil.copytree(adapter_dir, tmp / "adapter")
+            (tmp / "adapter").chmod(0o755)            # a TemporaryDirectory copy would stay owner-only
         if model is not None:
             model.save_pretrained(tmp / "model", safe_serialization=True)
             tok.save_pretrained(tmp / "model")

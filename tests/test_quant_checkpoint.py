@@ -131,3 +131,21 @@ def test_int8_smollm2_perplexity_within_half_percent():
     got = perplexity(model, ids, 512, 512, 2, progress=False).perplexity
     assert got <= base * 1.005, (got, base)
     assert memory_bytes(model) < 0.62 * 269_030_144   # int8 linears + bf16 embedding (measured 60.7%)
+
+
+def test_int8_artifact_generates_after_reload_in_a_subprocess(tmp_path):
+    """Regression: weights mapped from safetensors at a misaligned offset crashed aten's int8 kernel
+    (segfault at >= 4 rows). Run in a subprocess so a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    from leanlm.compress import compress
+
+    compress("tiny-llama", "int8", tmp_path / "q", {})
+    code = ("import torch, leanlm\n"
+            f"m, t = leanlm.load({str(tmp_path / 'q')!r})\n"
+            "x = torch.randint(3, 90, (8, 5))\n"
+            "out = m.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=t.pad_token_id)\n"
+            "assert out.shape == (8, 8)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -38,6 +38,13 @@ def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(-1, k)
 
 
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """A fresh, contiguous, allocator-aligned copy. Tensors read from a safetensors file can sit at any byte
+    offset of the mapped file, and aten's int8 weight kernel segfaults on misaligned weights/scales
+    (seen on tiny-llama: data_ptr % 64 == 56, crash at M >= 4 rows)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias
 
@@ -66,8 +73,8 @@ class Int8Linear(_QuantLinear):
                  dense_rows: int = DENSE_ROWS_INT8) -> None:
         super().__init__(qweight.shape[1], qweight.shape[0], bias)
         self.dense_rows = dense_rows
-        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
-        self.register_buffer("scale", scale)                                    # (N,) model dtype
+        self.register_buffer("qweight", _owned(qweight.to(torch.int8)))   # (N, K)
+        self.register_buffer("scale", _owned(scale))                       # (N,) model dtype
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
@@ -101,8 +108,8 @@ class W8A8Linear(_QuantLinear):
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__(qweight.shape[1], qweight.shape[0], bias)
-        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())   # (N, K)
-        self.register_buffer("scale", scale.float())                           # (N,) float32
+        self.register_buffer("qweight", _owned(qweight.to(torch.int8)))   # (N, K)
+        self.register_buffer("scale", _owned(scale.float()))               # (N,) float32
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype) -> W8A8Linear:

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/leanlm eval $(DEMO_SPEC) --json $(DEMO_OUT)/eval.json
+	$(VENV)/bin/leanlm bench $(DEMO_SPEC) --quick --json $(DEMO_OUT)/bench.json --report $(DEMO_OUT)/report
 
 test: install
 	$(PY) -m pytest -q

@@ -187,26 +187,16 @@ def _load_staged(staged: Path, dtype: torch.dtype, device: str):
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .quant.modules import QUANT_MODULES
+    from .quant.checkpoint import install_modules, load_floats
 
     stage = json.loads((staged / STAGE).read_text())
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(staged), dtype=dtype)
     modules = stage["modules"]
     with safe_open(str(staged / WEIGHTS), framework="pt") as f:
-        keys = set(f.keys())
-        for name, entry in modules.items():
-            t = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
-            model.set_submodule(name, QUANT_MODULES[entry["kind"]].from_tensors(
-                t, dtype, in_features=entry["in_features"], group=entry["group"]))
-        floats = {k: f.get_tensor(k).to(dtype) for k in keys
-                  if k.rsplit(".", 1)[0] not in modules and not k.startswith("embed.")}
+        floats = install_modules(model, f, modules, dtype, skip_prefix="embed.")
         if stage["embed"]:
             floats[stage["embed_key"]] = rebuild_table({k: f.get_tensor(f"embed.{k}") for k in stage["embed"]}, dtype)
-    missing, unexpected = model.load_state_dict(floats, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in modules and k not in tied]
-    if missing or unexpected:
-        raise ValueError(f"{staged}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    load_floats(model, floats, modules, staged)
     tok = AutoTokenizer.from_pretrained(staged)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -114,20 +114,34 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.bfloat16, device
     model.to(dtype)
     modules: dict[str, dict] = manifest["modules"]
     with safe_open(str(weights), framework="pt") as f:
-        keys = set(f.keys())
-        for name, entry in modules.items():
-            prefix = name + "."
-            t = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
-            module = QUANT_MODULES[entry["kind"]].from_tensors(t, dtype, in_features=entry["in_features"],
-                                                               group=entry["group"])
-            model.set_submodule(name, module)
-        floats = {k: f.get_tensor(k).to(dtype) for k in keys if k.rsplit(".", 1)[0] not in modules}
-    missing, unexpected = model.load_state_dict(floats, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in modules and k not in tied]
-    if missing or unexpected:
-        raise QuantCheckpointError(f"{weights}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+        floats = install_modules(model, f, modules, dtype)
+    load_floats(model, floats, modules, weights)
     tok = AutoTokenizer.from_pretrained(path)
     model.eval()
     model.leanlm_quant = {"config": cfg, **manifest.get("calibration", {})}
     return model, tok, cfg
+
+
+def install_modules(model: nn.Module, f, modules: dict[str, dict], dtype: torch.dtype,
+                    skip_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Put the integer modules listed in ``modules`` (name -> manifest entry) into ``model`` from the open
+    safetensors file ``f``; return the remaining float tensors (cast to ``dtype``) for ``load_floats``.
+    Keys under ``skip_prefix`` belong to the caller (e.g. a compressed embedding) and are left out."""
+    keys = set(f.keys())
+    for name, entry in modules.items():
+        prefix = name + "."
+        t = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+        module = QUANT_MODULES[entry["kind"]].from_tensors(t, dtype, in_features=entry["in_features"],
+                                                           group=entry["group"])
+        model.set_submodule(name, module)
+    return {k: f.get_tensor(k).to(dtype) for k in keys
+            if k.rsplit(".", 1)[0] not in modules and not (skip_prefix and k.startswith(skip_prefix))}
+
+
+def load_floats(model: nn.Module, floats: dict[str, torch.Tensor], modules: dict[str, dict], where) -> None:
+    """Load the float tensors; every tensor must be accounted for (a tied lm_head may be absent)."""
+    missing, unexpected = model.load_state_dict(floats, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in modules and k not in tied]
+    if missing or unexpected:
+        raise QuantCheckpointError(f"{where}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")

@@ -138,6 +138,19 @@ def _step(x, lut, mask, pb, words, ptr, last):
     return x, ptr + need, e
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _end_check(xs, ptr, size):
+    """0 when every lane ended in the initial state and exactly ``size`` words were read; else an error."""
+    if ptr > size:
+        return ERR_SHORT
+    for j in range(LANES):
+        if xs[j] != RANS_L:
+            return ERR_STATE
+    if ptr != size:
+        return ERR_STATE
+    return 0
+
+
 @numba.njit(cache=True, nogil=True)
 def decode_into(words, lut, prob_bits, out, first):
     """Decode ``out.size`` symbols; store their patterns into ``out`` (assign if ``first`` else OR)."""
@@ -184,14 +197,7 @@ def decode_into(words, lut, prob_bits, out, first):
         out[i] = dt(e) if first else out[i] | dt(e)
         i += 1
     # Reads past the end were clamped (memory-safe); a stream that needed them is corrupt.
-    if ptr > words.size:
-        return ERR_SHORT
-    for j in range(LANES):
-        if xs[j] != RANS_L:
-            return ERR_STATE
-    if ptr != words.size:
-        return ERR_STATE
-    return 0
+    return _end_check(xs, ptr, words.size)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -241,14 +247,7 @@ def decode_with_nibbles(words, lut, prob_bits, out, nib_words, nib_patt):
         xs[j] = xj
         out[i] = dt(e) | dt(nib_patt[(nib[i >> 1] >> ((i & 1) << 2)) & 15])
         i += 1
-    if ptr > words.size:
-        return ERR_SHORT
-    for j in range(LANES):
-        if xs[j] != RANS_L:
-            return ERR_STATE
-    if ptr != words.size:
-        return ERR_STATE
-    return 0
+    return _end_check(xs, ptr, words.size)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--calib-n", type=int, default=64)
-    p.add_argument("--embed-method", default="int8")
+    p.add_argument("--embed-method", default="int8-g32")
     p.add_argument("--embed-remove", type=float, default=0.1)
     p.add_argument("--speed-repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")

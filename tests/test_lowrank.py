@@ -157,6 +157,24 @@ def test_int8_rows_match_numpy_and_error_bound():
     assert (err <= ref_scale[:, None] * 0.5 + 1e-6 * np.abs(x).max(axis=1, keepdims=True)).all()
 
 
+def test_int8_groups_match_numpy_and_reproduce_a_q8_0_table_exactly():
+    x = _rng(6).standard_normal((4, 64)) * np.repeat(10.0 ** np.arange(-1, 1), 32)  # groups of different range
+    codes, scale = quantize_rows(torch.from_numpy(x), group=32)
+    assert scale.shape == (4, 2)
+    ref_scale = np.abs(x.reshape(4, 2, 32)).max(axis=2) / 127
+    np.testing.assert_allclose(scale.numpy(), ref_scale, rtol=1e-6)
+    ref = np.clip(np.round(x.reshape(4, 2, 32) / ref_scale[..., None]), -127, 127).reshape(4, 64)
+    np.testing.assert_array_equal(codes.numpy(), ref.astype(np.int8))
+    # a table that *is* Q8_0 (int8 codes with an absmax code per group) comes back exactly
+    q = torch.randint(-127, 128, (3, 64)).float()
+    q[:, 0], q[:, 32] = 127, -127
+    s = torch.tensor([[0.5, 0.25]] * 3)
+    table = (q.reshape(3, 2, 32) * s[..., None]).reshape(3, 64)
+    assert torch.equal(dequantize_rows(*quantize_rows(table, group=32)), table)
+    with pytest.raises(ValueError, match="does not divide"):
+        quantize_rows(torch.zeros(2, 50), group=32)
+
+
 def test_fake_quant_forward_matches_int8_and_gradient_is_identity():
     x = torch.randn(6, 10, requires_grad=True)
     y = fake_quant_rows(x)

@@ -44,6 +44,11 @@ def test_embedding_factors_budget_and_whitening():
     assert errs[EmbedMethod.WHITENED_SVD] < errs[EmbedMethod.SVD]
     t8 = compress_table(table, EmbedMethod.INT8, 0.3)
     assert float((rebuild_table(t8, torch.float64) - table).norm() / table.norm()) < 0.01
+    wide = torch.randn(50, 64, dtype=torch.float64)
+    wide[:, 0] *= 20  # an outlier coarsens its whole row's grid, but only its own group's with groups
+    err = {m: float((rebuild_table(compress_table(wide, m, 0.3), torch.float64) - wide)[:, 32:].norm())
+           for m in (EmbedMethod.INT8, EmbedMethod.INT8_G32)}  # the group without the outlier
+    assert err[EmbedMethod.INT8_G32] < 0.2 * err[EmbedMethod.INT8]
 
 
 @pytest.mark.parametrize("steps", [(Step.EMBED, Step.AWQ, Step.LOSSLESS), (Step.EMBED, Step.AWQ)])

@@ -56,13 +56,13 @@ class Step(str, enum.Enum):
 @dataclass(frozen=True)
 class CombinedConfig:
     steps: tuple[Step, ...] = field(default=(Step.EMBED, Step.AWQ, Step.LOSSLESS), metadata={"help": "order"})
-    embed_method: EmbedMethod = field(default=EmbedMethod.INT8, metadata={"help": "embedding storage"})
+    embed_method: EmbedMethod = field(default=EmbedMethod.INT8_G32, metadata={"help": "embedding storage"})
     embed_remove: float = field(default=0.1, metadata={"help": "fraction of embedding parameters removed (svd)"})
     calib_n: int = field(default=32, metadata={"help": "calibration windows (whitened embedding)"})
     calib_seq_len: int = 256
     calib_seed: int = 0
     group_size: int = field(default=128, metadata={"help": "INT4 group (AWQ and the recovery's fake quant)"})
-    awq_calib_n: int = field(default=32, metadata={"help": "AWQ calibration sequences (quant's default)"})
+    awq_calib_n: int = field(default=16, metadata={"help": "AWQ calibration sequences (quant's default)"})
     awq_calib_seq_len: int = field(default=512, metadata={"help": "AWQ calibration sequence length"})
     recovery: RecoveryConfig = field(default=RecoveryConfig(finish=Finish.TRAINABLE))
 

@@ -20,6 +20,7 @@ from .svd import break_even_rank, cholesky_of_covariance, svd_factors, whitened_
 class EmbedMethod(str, enum.Enum):
     BF16 = "bf16"                  # leave it as it is
     INT8 = "int8"                  # int8 rows with per-row scales (full rank: quantisation, not decomposition)
+    INT8_G32 = "int8-g32"          # int8 with one scale per 32 entries (GGUF Q8_0's layout; full rank)
     SVD = "svd"                    # rank-r int8 factors, plain SVD
     WHITENED_SVD = "whitened-svd"  # rank-r int8 factors, SVD of E L with L = chol(cov of head inputs)
 
@@ -52,8 +53,8 @@ def head_input_cholesky(model: nn.Module, calib_ids: torch.Tensor, batch_size: i
 def compress_table(table: torch.Tensor, method: EmbedMethod, remove: float,
                    chol: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Integer tensors that store ``table`` (``(V, d)``): ``{"codes", "scale"}`` or ``{"a_codes", ...}``."""
-    if method == EmbedMethod.INT8:
-        codes, scale = quantize_rows(table)
+    if method in (EmbedMethod.INT8, EmbedMethod.INT8_G32):
+        codes, scale = quantize_rows(table, group=32 if method == EmbedMethod.INT8_G32 else 0)
         return {"codes": codes, "scale": scale}
     rank = embedding_rank(*table.shape, remove)
     if method == EmbedMethod.WHITENED_SVD:

@@ -12,10 +12,19 @@ import torch
 QMAX = 127
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes int8 (R, C), scales float32 (R,))`` with ``x ~= codes * scales[:, None]``."""
+def quantize_rows(x: torch.Tensor, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes int8 (R, C), scales float32 (R,))`` with ``x ~= codes * scales[:, None]``.
+
+    ``group > 0``: one scale per ``group`` consecutive entries of a row instead (GGUF's Q8_0 layout for
+    ``group=32``); scales are then ``(R, C // group)``."""
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D factor, got shape {tuple(x.shape)}")
+    if group:
+        rows, cols = x.shape
+        if group < 1 or cols % group:
+            raise ValueError(f"group {group} does not divide the row length {cols}")
+        codes, scale = quantize_rows(x.reshape(rows * cols // group, group))
+        return codes.reshape(rows, cols), scale.reshape(rows, cols // group)
     xf = x.double()
     scale = xf.abs().amax(dim=1) / QMAX
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows: any scale is exact
@@ -24,6 +33,11 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of ``quantize_rows``; a 2-D ``scale`` is per group (its columns divide the row evenly)."""
+    if scale.dim() == 2:
+        rows, cols = codes.shape
+        grouped = codes.to(torch.float32).reshape(rows, scale.shape[1], -1) * scale.float()[..., None]
+        return grouped.reshape(rows, cols).to(dtype)
     return (codes.to(torch.float32) * scale.float()[:, None]).to(dtype)
 
 

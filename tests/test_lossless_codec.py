@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from leanlm.compress.lossless import codec, rans
 from leanlm.compress.lossless.codec import CodecConfig
 from leanlm.compress.lossless.container import TensorSpan, encode_tensor
-from leanlm.compress.lossless.layout import LAYOUTS, PLAIN
+from leanlm.compress.lossless.layout import INTEGERS, LAYOUTS, PLAIN
 
 SMALL = CodecConfig(chunk_values=1024)
 # Special bit patterns per width: +-0, +-Inf, NaN payloads (quiet and signalling, both signs), subnormals,
@@ -92,6 +92,25 @@ def test_tensor_roundtrip_odd_shapes(dtype, shape):
         back = torch.from_numpy(codec.decode(enc).view(np.uint8).copy()).view(dtype).reshape(shape)
         ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()]
         assert torch.equal(back.view(ints), t.view(ints))
+
+
+@pytest.mark.parametrize("dtype,name", [(torch.int8, "I8"), (torch.uint8, "U8")])
+def test_integer_payloads_are_entropy_coded_and_exact(dtype, name):
+    """int8 codes of a quantised weight (peaked around 0) code below 8 bits, near their byte entropy."""
+    g = torch.Generator().manual_seed(2)
+    t = (torch.randn(1 << 18, generator=g) * 12).round().clamp(-127, 127).to(torch.int8)
+    t = t if dtype == torch.int8 else t.view(torch.uint8)
+    data = t.numpy().view(np.uint8)
+    meta, planes = encode_tensor(TensorSpan("q", name, [t.numel()], 0, data.size), data, CodecConfig())
+    assert meta["codec"] == "rans" and meta["layout"]["name"] == name
+    enc = codec.Encoded(planes["q:words"], planes["q:index"],
+                        np.frombuffer(__import__("zstandard").decompress(planes["q:tables"].tobytes()), np.uint16),
+                        INTEGERS[name], data.size, CodecConfig())
+    assert np.array_equal(codec.decode(enc), data)
+    counts = np.bincount(data, minlength=256) / data.size
+    entropy_bytes = -(counts[counts > 0] * np.log2(counts[counts > 0])).sum() / 8 * data.size
+    stored = sum(v.nbytes for v in planes.values())
+    assert stored < 0.8 * data.size and stored < 1.05 * entropy_bytes
 
 
 def test_compresses_gaussian_bf16_near_entropy():

@@ -24,7 +24,7 @@ from ...fileio import atomic_write_bytes
 from . import codec
 from . import format as fmt
 from .codec import CodecConfig, CodecError, Encoded
-from .layout import DTYPE_SIZES, LAYOUTS, PLAIN, Layout
+from .layout import DTYPE_SIZES, INTEGERS, LAYOUTS, PLAIN, Layout
 
 log = logging.getLogger(__name__)
 TABLE_ZSTD_LEVEL = 19
@@ -91,7 +91,8 @@ def encode_tensor(span: TensorSpan, data: np.ndarray, cfg: CodecConfig, threads:
     meta = {"dtype": span.dtype, "shape": list(span.shape), "offsets": [span.begin, span.end], "sha256": _sha(data)}
     if data.size == 0:
         return {**meta, "codec": fmt.EMPTY}, {}
-    layout = _delta_layout(span.dtype, data.size) if parent is not None else LAYOUTS.get(span.dtype)
+    layout = _delta_layout(span.dtype, data.size) if parent is not None else \
+        LAYOUTS.get(span.dtype, INTEGERS.get(span.dtype))
     if layout is None or data.size % (layout.width // 8):
         return {**meta, "codec": fmt.RAW}, {fmt.plane_key(span.name, "raw"): np.ascontiguousarray(data)}
     values = _values(data, layout)

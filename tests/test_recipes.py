@@ -92,3 +92,12 @@ def test_recovery_with_int4_fake_quant_trains_dense_linears(tiny):
     w = model.model.layers[0].mlp.up_proj.weight
     assert type(w) is torch.nn.Parameter and not torch.equal(w, before)  # parametrization removed, weight trained
     assert len(rep["losses"]) == 4
+
+
+def test_combined_cli_remove_needs_a_low_rank_embedding():
+    from leanlm.compress.recipes import combined_config
+
+    assert combined_config({"remove": 0.3, "config": {"embed_method": "whitened-svd"}}).embed_remove == 0.3
+    assert combined_config({}).embed_method == EmbedMethod.INT8_G32
+    with pytest.raises(ValueError, match="full rank"):
+        combined_config({"remove": 0.3})

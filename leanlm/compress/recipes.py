@@ -2,8 +2,9 @@
 
 ``CombinedConfig.steps`` gives the order (validated), each step's budget comes from its own config:
 
-1. ``embed``: store the token embedding as integer factors (``lowrank.embedding``: int8 rows, plain or
-   whitened low-rank SVD with ``embed_remove`` of its parameters removed). AWQ leaves the embedding in
+1. ``embed``: store the token embedding as integer tensors (``lowrank.embedding``: int8 with one scale per
+   32 entries - the default, GGUF's Q8_0 layout, which SmolLM2's table was published in - int8 rows, or
+   plain or whitened low-rank SVD with ``embed_remove`` of its parameters removed). AWQ leaves the embedding in
    bf16 - in SmolLM2 it is 21% of the parameters and half the bytes of an AWQ W4 model - so this is where
    decomposition can shrink an INT4 model. (Decomposing the *block* linears as well is not composable
    with ``quant.quantize_model`` today: it requires an ``nn.Linear`` at every block position.)
@@ -209,7 +210,12 @@ def combined_config(options: dict) -> CombinedConfig:
     data = dict(extra) if isinstance(extra, dict) else json.loads(Path(extra).read_text()) if extra else {}
     if options.get("remove") is not None:
         data["embed_remove"] = options["remove"]
-    return from_dict(CombinedConfig, data)
+    cfg = from_dict(CombinedConfig, data)
+    if options.get("remove") is not None and cfg.embed_method not in (EmbedMethod.SVD, EmbedMethod.WHITENED_SVD):
+        raise ValueError(f"--remove sets the embedding's low-rank budget, but embed_method is "
+                         f"{cfg.embed_method.value!r} (full rank); set embed_method to 'svd' or 'whitened-svd' "
+                         f"in --config, or leave --remove out")
+    return cfg
 
 
 def compress_cli(spec: str, out: Path, options: dict) -> dict:

@@ -22,24 +22,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leanlm.config import to_dict  # noqa: E402
 from leanlm.eval.results import document  # noqa: E402
 from leanlm.evolve import lineage, loop  # noqa: E402
-from leanlm.evolve.config import EvolveConfig, Recipe  # noqa: E402
+from leanlm.evolve.config import EvolveConfig, preset  # noqa: E402
 from leanlm.fileio import atomic_write_json  # noqa: E402
 from leanlm.report.tables import render_table  # noqa: E402
 
-FULL = EvolveConfig(
-    spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=3, budget=0,
-    problems=2000, samples=5, temperature=0.7, steps=150, batch_size=128, lr=5e-4, lora_r=0, replay=4000,
-    adversarial=0.0, probe_n=100, heldout_n=100, gen_batch=1000, judge_n=0, mastery=0.98, seed_digits=3,
-    target_digits=6, seed_examples=12000, seed_steps=1500, seed_lr=1e-3, max_jump=1, min_vote=0.6, progress=False)
+# The tiny-add preset (the recipe behind the 12-digit goal), three generations past the seed lengths.
+FULL = dataclasses.replace(preset("tiny-add"), generations=3, budget=0, target_digits=16, progress=False)
+# Seed fields: a seed model trained under these settings can be shared (--seed-run).
+SEED_FIELDS = ("spec", "seed", "seed_digits", "seed_examples", "seed_steps", "seed_lr", "batch_size", "target_digits",
+               "heldout_n", "dtype")
 QUICK = dataclasses.replace(
     FULL, spec="tiny-llama", generations=2, problems=80, samples=3, steps=20, batch_size=64, lr=1e-3, replay=100,
     probe_n=20, heldout_n=20, gen_batch=256, seed_digits=1, target_digits=2, seed_examples=100, seed_steps=400,
-    seed_lr=3e-3, min_vote=0.5)
+    seed_lr=3e-3, min_vote=0.5, max_jump=1)
 
 
-def run_arms(cfg: EvolveConfig, work: Path) -> dict:
-    seed_run = work / "seed"
-    loop.run(dataclasses.replace(cfg, generations=0), seed_run)          # generation 0 only, shared
+def run_arms(cfg: EvolveConfig, work: Path, seed_run: Path | None = None) -> dict:
+    """Both arms from one generation 0: ``seed_run``'s (an earlier run with the same seed settings), or a
+    seed model trained here."""
+    if seed_run is not None:
+        theirs = lineage.load_config(seed_run)
+        diff = [f for f in SEED_FIELDS if getattr(theirs, f) != getattr(cfg, f)]
+        if diff:
+            raise SystemExit(f"{seed_run}: its seed settings differ from this ablation's ({', '.join(diff)})")
+    else:
+        seed_run = work / "seed"
+        loop.run(dataclasses.replace(cfg, generations=0), seed_run)      # generation 0 only, shared
     arms = {}
     for surgery in (True, False):
         arm_cfg = dataclasses.replace(cfg, surgery=surgery)
@@ -64,11 +72,12 @@ def run_arms(cfg: EvolveConfig, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny-llama, 1 -> 2 digits (about a minute)")
+    p.add_argument("--seed-run", type=Path, help="reuse this tinyadd run's generation 0 (same seed settings)")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "evolve_pcgrad.json"))
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="evolve-pcgrad-") as tmp:
-        arms = run_arms(cfg, Path(tmp))
+        arms = run_arms(cfg, Path(tmp), args.seed_run)
     rows = []
     for name, arm in arms.items():
         for g in arm["generations"]:
@@ -76,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{g['score']:.3f}", str(g["conflicts"]), "-" if g["mean_cosine"] is None else f"{g['mean_cosine']:.3f}"])
     render_table(f"PCGrad ablation ({'quick' if args.quick else 'full'}, measured under load)",
                  ["arm", "gen", "accepted", "retention", "score", "conflicting steps", "mean cos"], rows)
-    doc = document("evolve_pcgrad", {"spec": cfg.spec}, to_dict(cfg), {"quick": args.quick, "arms": arms})
+    doc = document("evolve_pcgrad", {"spec": cfg.spec}, to_dict(cfg),
+                   {"quick": args.quick, "seed_run": str(args.seed_run) if args.seed_run else None, "arms": arms})
     atomic_write_json(args.json, doc)
     return 0
 

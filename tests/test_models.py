@@ -33,6 +33,19 @@ def test_tiny_is_deterministic_and_dtype_explicit():
         assert torch.equal(a, b)
 
 
+def test_tiny_add_has_no_positional_encoding_and_tiny_llama_has_rope(tmp_path):
+    x = torch.randint(3, 60, (1, 12))
+    shifted = torch.arange(12)[None] + 40
+    nope, _ = load("tiny-add")
+    same = nope(input_ids=x).logits
+    torch.testing.assert_close(nope(input_ids=x, position_ids=shifted).logits, same, rtol=0, atol=1e-5)
+    nope.save_pretrained(tmp_path)             # still a plain Llama config: reloads with NoPE intact
+    back = __import__("transformers").LlamaForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(back(input_ids=x, position_ids=shifted).logits, same, rtol=0, atol=1e-5)
+    rope, _ = load("tiny-llama")
+    assert not torch.allclose(rope(input_ids=x, position_ids=shifted * 3).logits, rope(input_ids=x).logits, atol=1e-4)
+
+
 def test_char_tokenizer_round_trips_charset():
     tok = char_tokenizer()
     ids = tok(CHARSET, add_special_tokens=False)["input_ids"]

@@ -27,6 +27,7 @@ class TinyConfig:
     heads: int = 4
     intermediate: int = 256
     max_positions: int = 256
+    rope: bool = True   # False: no positional encoding (NoPE) - positions come from the causal mask alone
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -38,7 +39,10 @@ class TinyConfig:
 # Named tiny models ("architecture knowledge as data"). `tiny-add` is ~0.8M parameters.
 TINY_CONFIGS: dict[str, TinyConfig] = {
     "tiny-llama": TinyConfig(),
-    "tiny-add": TinyConfig(hidden=128, layers=4, heads=4, intermediate=384, max_positions=128),
+    # NoPE: with RoPE the seed model scores 0% one digit past its training lengths (the answer-to-operand
+    # distances are new), so self-labels are all wrong; NoPE transformers extrapolate addition lengths
+    # (Kazemnejad et al. 2023), which the self-improvement rounds need (Lee et al. 2025).
+    "tiny-add": TinyConfig(hidden=128, layers=4, heads=4, intermediate=384, max_positions=128, rope=False),
 }
 
 
@@ -59,6 +63,8 @@ def build_tiny(cfg: TinyConfig, dtype: torch.dtype = torch.float32) -> tuple[Lla
         num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, intermediate_size=cfg.intermediate,
         max_position_embeddings=cfg.max_positions, pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
+        # NoPE as an ordinary Llama config: linear RoPE scaling by 1e9 makes every rotation angle < 1e-6 rad
+        **({} if cfg.rope else {"rope_parameters": {"rope_type": "linear", "factor": 1e9, "rope_theta": 10000.0}}),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

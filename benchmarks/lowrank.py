@@ -7,7 +7,9 @@ and without recovery, beside the original model, AWQ W4, and the same recovery o
 
 Every row is compressed, written to disk, loaded back through ``leanlm.load`` and scored with the eval
 protocol's perplexity (``--max-tokens`` of the corpus's eval half); bytes are the artefact's files on disk.
-``--remove`` fractions count the parameters of the decoder linears (q,k,v,o,gate,up,down). Rows are saved
+``--remove`` fractions count the parameters of the decoder linears (q,k,v,o,gate,up,down); in the
+``combined-F`` rows they count the embedding's (decomposed by whitened SVD before AWQ W4 and lossless
+coding; the ``combined`` row is the default recipe, whose embedding is int8 in groups of 32). Rows are saved
 to the JSON as they finish; ``--resume`` skips rows already there (same protocol). A PNG plot is written
 beside the JSON. ``--quick``: 20% only, 4096 tokens.
 """
@@ -132,15 +134,18 @@ def lowrank_rows(s: Sweep, base, tok, chols, calib):
             del model
 
 
-def combined_rows(s: Sweep, base_bf16, tok):
+def combined_rows(s: Sweep, base_bf16, tok, sweep: bool = False):
+    """``combined`` (+recovery): the default recipe (``--embed-method``). ``sweep``: ``combined-F``
+    (+recovery) for each fraction, the embedding decomposed by whitened SVD with F of its parameters removed."""
     a = s.args
-    em = EmbedMethod(a.embed_method)
-    variants = {"combined": CombinedConfig(embed_method=em, embed_remove=a.embed_remove),
-                "combined+recovery": CombinedConfig(
-                    steps=(Step.EMBED, Step.RECOVER, Step.AWQ, Step.LOSSLESS), embed_method=em,
-                    embed_remove=a.embed_remove,
-                    recovery=RecoveryConfig(steps=a.steps, batch_size=a.batch, seq_len=a.seq_len, lr=a.lr, warmup=min(5, a.steps),
-                                            finish=Finish.TRAINABLE))}
+    rec = RecoveryConfig(steps=a.steps, batch_size=a.batch, seq_len=a.seq_len, lr=a.lr, warmup=min(5, a.steps),
+                         finish=Finish.TRAINABLE)
+    with_rec = (Step.EMBED, Step.RECOVER, Step.AWQ, Step.LOSSLESS)
+    variants = {}
+    for name, em, remove in ([("combined", EmbedMethod(a.embed_method), a.embed_remove)] if not sweep else
+                             [(f"combined-{round(f * 100)}", EmbedMethod.WHITENED_SVD, f) for f in a.fractions]):
+        variants[name] = CombinedConfig(embed_method=em, embed_remove=remove)
+        variants[name + "+recovery"] = CombinedConfig(steps=with_rec, embed_method=em, embed_remove=remove, recovery=rec)
     for name, cfg in variants.items():
         if s.done(name):
             continue
@@ -198,7 +203,7 @@ def plot(rows: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = {"svd": "plain SVD", "whitened": "whitened SVD"}
+    series = {"svd": "plain SVD", "whitened": "whitened SVD", "combined": "combined, embedding decomposed"}
     for key, label in series.items():
         for suffix, style in (("", "o-"), ("+recovery", "s--")):
             pts = sorted((r["bytes"], r["perplexity"]) for n, r in rows.items()
@@ -262,7 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--embed-remove", type=float, default=0.1)
     p.add_argument("--speed-repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    p.add_argument("--only", nargs="+", default=["original", "lowrank", "awq", "combined", "control", "speed"])
+    p.add_argument("--only", nargs="+", default=["original", "lowrank", "awq", "combined", "combined-sweep", "control",
+                                                 "speed"])
     p.add_argument("--json", default=str(HERE / "results" / "lowrank.json"))
     p.add_argument("--resume", action="store_true")
     p.add_argument("--skip", nargs="+", default=[], metavar="ROW", help="rows not to run (e.g. run elsewhere)")
@@ -294,6 +300,8 @@ def main(argv=None) -> int:
             awq_row(s, base16, tok)
         if "combined" in a.only:
             combined_rows(s, base16, tok)
+        if "combined-sweep" in a.only:
+            combined_rows(s, base16, tok, sweep=True)
         if "control" in a.only and not s.done("original+recovery"):
             model = copy.deepcopy(base16).float()
             r = recover(model, tok, RecoveryConfig(steps=a.steps, batch_size=a.batch, seq_len=a.seq_len, lr=a.lr,

@@ -43,6 +43,7 @@ TINY_CONFIGS: dict[str, TinyConfig] = {
     # distances are new), so self-labels are all wrong; NoPE transformers extrapolate addition lengths
     # (Kazemnejad et al. 2023), which the self-improvement rounds need (Lee et al. 2025).
     "tiny-add": TinyConfig(hidden=128, layers=4, heads=4, intermediate=384, max_positions=128, rope=False),
+    "tiny-add-rope": TinyConfig(hidden=128, layers=4, heads=4, intermediate=384, max_positions=128),  # the ablation
 }
 
 

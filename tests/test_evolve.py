@@ -175,3 +175,16 @@ def test_dpo_training_moves_preference_toward_chosen():
     out = train_dpo(model, tok, pairs, steps=15, lr=3e-3, beta=0.5, progress=False)
     assert out["loss"][0] == pytest.approx(math.log(2), abs=1e-4)      # policy == reference at step 0
     assert out["margin_after"] > out["margin_before"] + 1.0
+
+
+def test_tinyadd_commuted_self_label_needs_both_orders_to_agree():
+    p = tinyadd.AddProblem(123, 45)
+    q = tinyadd.swapped(p)
+    assert (q.a, q.b) == (45, 123) and q.answer == p.answer and q.prompt == "54+321="
+    right, wrong = p.answer, "869"
+    assert tinyadd.agreed([[right] * 5, [right] * 4 + [wrong]], 0.6) == right
+    # a consistent error in one order only: the orders disagree, no label
+    assert tinyadd.agreed([[wrong] * 5, [right] * 5], 0.6) is None
+    # agreement in both orders but too few votes overall
+    assert tinyadd.agreed([[right, right, wrong, "1", "2"], [right, right, wrong, "3", "4"]], 0.6) is None
+    assert tinyadd.agreed([[right] * 3 + [wrong] * 2], 0.6) == right           # one order: plain majority vote

@@ -71,6 +71,7 @@ class EvolveConfig:
     target_digits: int = _f(12, "tinyadd: length whose held-out accuracy is the goal")
     max_jump: int = _f(2, "tinyadd: most new lengths the controller adds in one generation")
     min_vote: float = _f(0.6, "tinyadd: share of samples that must agree on a self-label")
+    commute: bool = _f(True, "tinyadd: also ask b+a; keep a self-label only when both orders agree")
     progress: bool = _f(True, "progress bars")
 
     def __post_init__(self) -> None:

@@ -251,11 +251,13 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     course, reach = controller.Course(**last["course"]), parent["reach"]
     k = max(1, round(cfg.samples * course.samples_scale))
 
-    def self_label(problems):  # 4 + 5: k samples each, keep the majority answer if it passes both filters
-        outs = answers(model, tok, [p.prompt for p in problems], k, cfg.temperature, cfg.target_digits + 2,
+    def self_label(problems):  # 4 + 5: k samples each (per order), keep the agreed answer if it passes the filters
+        asked = problems + ([tinyadd.swapped(p) for p in problems] if cfg.commute else [])
+        outs = answers(model, tok, [p.prompt for p in asked], k, cfg.temperature, cfg.target_digits + 2,
                        seed, chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
-        votes = [tinyadd.majority(o) for o in outs]
-        return [(p, a) for p, (a, share) in zip(problems, votes) if share >= cfg.min_vote and tinyadd.length_ok(p, a)]
+        n = len(problems)
+        labels = [tinyadd.agreed([outs[i], *([outs[n + i]] if cfg.commute else [])], cfg.min_vote) for i in range(n)]
+        return [(p, a) for p, a in zip(problems, labels) if a is not None and tinyadd.length_ok(p, a)]
 
     # 1. Probe (label-free): how often the model's samples agree on lengths just beyond its reach.
     lengths = range(reach + 1, min(reach + cfg.max_jump, cfg.target_digits) + 1)

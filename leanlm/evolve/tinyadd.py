@@ -108,6 +108,21 @@ def length_ok(p: AddProblem, output: str) -> bool:
     return out.isdigit() and len(out) in (p.digits, p.digits + 1) and (len(out) == 1 or out[-1] != "0")
 
 
+def swapped(p: AddProblem) -> AddProblem:
+    """The same sum asked the other way round (b+a): a label-free consistency check."""
+    return AddProblem(p.b, p.a, p.split)
+
+
+def agreed(orders: list[list[str]], min_vote: float) -> str | None:
+    """The self-label of one problem asked in several equivalent forms (a+b, b+a), ``orders[i]`` holding
+    the samples of form i: the majority answer over all samples, kept when it has at least ``min_vote``
+    of them and is also the most common answer of every form; otherwise None."""
+    answer, share = majority([o for outs in orders for o in outs])
+    if share < min_vote or any(majority(outs)[0] != answer for outs in orders):
+        return None
+    return answer
+
+
 def majority(outputs: list[str]) -> tuple[str, float]:
     """The most common answer among samples and the share of samples that gave it."""
     if not outputs:

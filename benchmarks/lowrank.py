@@ -217,6 +217,12 @@ def plot(rows: dict, png: Path) -> None:
     ax.set_xlabel("bytes on disk")
     ax.set_ylabel("perplexity (eval half, lower is better)")
     ax.set_yscale("log")
+    ppl = [r["perplexity"] for r in rows.values() if "perplexity" in r]
+    sane = [v for v in ppl if v < 1000]
+    if sane and len(sane) < len(ppl):   # collapsed rows (plain SVD here) would flatten everything else
+        ax.set_ylim(min(sane) * 0.8, max(sane) * 1.5)
+        ax.text(0.02, 0.97, f"off the chart: {len(ppl) - len(sane)} rows with ppl > 1000 (collapsed)",
+                transform=ax.transAxes, fontsize=8, va="top")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -8,7 +8,8 @@ share the run directory and resume logic:
   corpus text, with PCGrad between the two; the gate checks held-out accuracy, perplexity and refusals.
 * ``tiny_generation``: Lee et al. 2025. A character-level model trained from scratch on reversed addition
   of up to ``seed_digits`` digits labels longer problems itself (length filter + majority vote over
-  samples, no ground truth), trains on them with the seed data as the retention set, and extends its reach.
+  samples, and - ours - the same vote on b+a, which must agree; no ground truth), trains on them with the
+  seed data as the retention set, and extends its reach.
 
 Every generation starts from the saved parent checkpoint with seeds derived from (seed, generation), so a
 run resumed after a kill repeats the interrupted generation exactly and ends with the same metrics.

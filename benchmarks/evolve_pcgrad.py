@@ -73,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny-llama, 1 -> 2 digits (about a minute)")
     p.add_argument("--seed-run", type=Path, help="reuse this tinyadd run's generation 0 (same seed settings)")
+    p.add_argument("--generations", type=int, help="generations per arm (default: the config's)")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "evolve_pcgrad.json"))
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.generations is not None:
+        cfg = dataclasses.replace(cfg, generations=args.generations)
     with tempfile.TemporaryDirectory(prefix="evolve-pcgrad-") as tmp:
         arms = run_arms(cfg, Path(tmp), args.seed_run)
     rows = []

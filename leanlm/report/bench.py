@@ -44,7 +44,8 @@ UNAVAILABLE = (NotImplementedError, ModuleNotFoundError)
 class BenchConfig:
     rows: tuple[str, ...] = field(default=DEFAULT_ROWS, metadata={"help": "bf16 and/or compress methods"})
     dtype: str = field(default="bf16", metadata={"help": "dtype the original is loaded in"})
-    remove: float | None = field(default=None, metadata={"help": "--remove passed to low-rank/combined"})
+    remove: float | None = field(default=None, metadata={"help": "--remove passed to the low-rank rows (the "
+                                                                 "combined row's embedding is full rank)"})
     work_dir: str | None = field(default=None, metadata={"help": "keep artifacts here (default: a temp dir)"})
     reuse: bool = field(default=False, metadata={"help": "reuse artifacts already in --work-dir"})
     corpus: str | None = field(default=None, metadata={"help": "perplexity corpus (default: pydoc topics)"})
@@ -177,7 +178,7 @@ def _compress_row(spec: str, name: str, work: Path, cfg: BenchConfig) -> tuple[P
         log.info("bench %s: reusing %s", name, out)
         return out, {"reused": str(out)}, 0.0
     t0 = time.perf_counter()
-    options = {"remove": cfg.remove, "force": True, "json": None,
+    options = {"remove": None if name == "combined" else cfg.remove, "force": True, "json": None,
                **(QUICK_METHOD_OPTIONS.get(name, {}) if cfg.quick else {})}
     summary = compress(spec, name, out, options)
     return out, summary, time.perf_counter() - t0

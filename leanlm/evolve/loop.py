@@ -257,7 +257,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
         outs = answers(model, tok, [p.prompt for p in asked], k, cfg.temperature, cfg.target_digits + 2,
                        seed, chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
         n = len(problems)
-        labels = [tinyadd.agreed([outs[i], *([outs[n + i]] if cfg.commute else [])], cfg.min_vote) for i in range(n)]
+        labels = [tinyadd.agreed(outs[i::n], cfg.min_vote) for i in range(n)]   # [a+b samples, (b+a samples)]
         return [(p, a) for p, a in zip(problems, labels) if a is not None and tinyadd.length_ok(p, a)]
 
     # 1. Probe (label-free): how often the model's samples agree on lengths just beyond its reach.

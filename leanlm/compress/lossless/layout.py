@@ -92,17 +92,18 @@ LAYOUTS: dict[str, Layout] = {
     "F8_E4M3": Layout("F8_E4M3", 8, (((0, 8),),)),
     "F8_E5M2": Layout("F8_E5M2", 8, (((0, 8),),)),
 }
-# Integer payloads (int8 factors, packed INT4 codes as uint8) are coded whole: their byte distribution is
-# far from uniform (a quantised weight's codes cluster around zero), so they carry less than 8 bits each.
-INTEGERS: dict[str, Layout] = {
-    "I8": Layout("I8", 8, (((0, 8),),)),
-    "U8": Layout("U8", 8, (((0, 8),),)),
-}
 # Integer views of the same widths, for XOR deltas of other dtypes (no float structure to exploit).
 PLAIN: dict[int, Layout] = {
     8: Layout("U8", 8, (((0, 8),),)),
     16: Layout("U16", 16, (((8, 8),), ((0, 8),))),
     32: Layout("U32", 32, (((24, 8),), ((16, 8),), ((8, 8),), ((0, 8),))),
+}
+
+# Integer payloads (int8 factors, packed INT4 codes as uint8) are coded whole: their byte distribution is
+# far from uniform (a quantised weight's codes cluster around zero), so they carry less than 8 bits each.
+INTEGERS: dict[str, Layout] = {
+    "I8": Layout("I8", 8, (((0, 8),),)),
+    "U8": PLAIN[8],
 }
 
 # safetensors dtype string -> bytes per element, for every dtype we may pass through.

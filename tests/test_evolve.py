@@ -61,12 +61,35 @@ def test_controller_on_synthetic_success_table():
 def test_controller_rollback_and_tiny_targets():
     c, why = controller.after_rollback(controller.Course())
     assert (c.lr_scale, c.samples_scale, c.rollbacks) == (0.5, 1.5, 1) and "rollback" in why
-    targets, _ = controller.tiny_targets(6, {7: 0.99, 8: 0.99, 9: 0.2}, 0.9, 3, 12)
-    assert targets == [7, 8]          # 9 disagrees (0.2)
-    targets, _ = controller.tiny_targets(6, {7: 0.3, 8: 0.99}, 0.9, 3, 12)
-    assert targets == [7]
-    targets, _ = controller.tiny_targets(11, {12: 1.0}, 0.9, 3, 12)
-    assert targets == [12]
+    plan = controller.tiny_plan(6, {7: 0.99, 8: 0.99, 9: 0.2}, 900, 0.9, 3, 12)
+    assert plan.targets == [7, 8] and plan.reach == 8          # 9 disagrees (0.2)
+    assert plan.problems == {7: 450, 8: 450}
+    assert controller.tiny_plan(6, {7: 0.3, 8: 0.99}, 900, 0.9, 3, 12).targets == [7]
+    assert controller.tiny_plan(11, {12: 1.0}, 900, 0.9, 3, 12).targets == [12]
+
+
+def test_tiny_controller_holds_the_frontier_when_labels_get_scarce():
+    # reach+1 yields labels for 30% of problems (< advance 0.5): hold, label the frontier and reach+1
+    plan = controller.tiny_plan(10, {10: 0.8, 11: 0.3, 12: 0.05}, 1000, 0.98, 2, 16, advance=0.5, max_scale=3)
+    assert plan.targets == [10, 11] and plan.reach == 10
+    # problems scale with 1 / yield (500 / 0.8 = 625; 500 / 0.3 = 1667), capped at 3x the equal share
+    assert plan.problems == {10: 625, 11: 1500}
+    assert any("hold" in d for d in plan.decisions)
+    # enough agreement: advance to 11 only (12 does not agree)
+    plan = controller.tiny_plan(10, {10: 0.9, 11: 0.6, 12: 0.05}, 1000, 0.98, 2, 16, advance=0.5, max_scale=3)
+    assert plan.targets == [11] and plan.reach == 11 and plan.problems == {11: 1667}
+    # at the target length there is nothing further to reach: label it again
+    assert controller.tiny_plan(16, {16: 0.2}, 1000, 0.98, 2, 16, advance=0.5).targets == [16]
+
+
+def test_oversampling_keeps_new_labels_a_fixed_share():
+    from leanlm.evolve.loop import oversample
+    from leanlm.evolve.train import Example
+
+    fresh, old = [Example("n", str(i)) for i in range(10)], [Example("o", str(i)) for i in range(300)]
+    mix = oversample(fresh, old, 0.5)
+    assert sum(e.prompt == "n" for e in mix) == 300 and len(mix) == 600
+    assert oversample(fresh, old, 0.0) == fresh + old and oversample(fresh, [], 0.5) == fresh
 
 
 # ------------------------------------------------------------------------------------------- generator

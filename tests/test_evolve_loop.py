@@ -14,7 +14,8 @@ TINY = EvolveConfig(
     spec="tiny-llama", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=2, budget=0,
     problems=80, samples=3, temperature=0.7, steps=20, batch_size=64, lr=1e-3, lora_r=0, replay=100,
     adversarial=0.0, probe_n=20, heldout_n=20, gen_batch=256, judge_n=0, mastery=0.98, seed_digits=1,
-    target_digits=2, seed_examples=100, seed_steps=400, seed_lr=3e-3, max_jump=1, min_vote=0.5, progress=False)
+    target_digits=2, seed_examples=100, seed_steps=400, seed_lr=3e-3, max_jump=1, min_vote=0.5, progress=False,
+    advance=0.5, max_scale=2.0, exact_share=0.5, new_share=0.5)
 
 
 def _strip(recs: list[dict]) -> list[dict]:
@@ -45,7 +46,10 @@ def test_two_generation_loop_writes_a_complete_run(full_run):
     # the seed model learned 1-digit reversed addition from ground truth (chance is ~0)
     assert recs[0]["metrics"]["heldout"]["tinyadd:1"] >= 0.25, recs[0]["metrics"]
     # generation 1 labelled 2-digit problems itself: data saved as JSONL, label precision measured
-    assert recs[1]["plan"]["targets"] == [2] and recs[1]["data"]["self_labelled"] > 0
+    assert 2 in recs[1]["plan"]["targets"] and recs[1]["data"]["self_labelled"] > 0
+    by_length = recs[1]["data"]["by_length"]       # [asked, kept, right] per length
+    assert sum(v[1] for v in by_length.values()) == recs[1]["data"]["self_labelled"]
+    assert all(v[0] >= v[1] >= v[2] for v in by_length.values())
     data = (lineage.gen_dir(out, 1) / "data.jsonl").read_text().splitlines()
     assert len(data) == recs[1]["data"]["self_labelled"] and "prompt" in json.loads(data[0])
     for r in recs[1:]:

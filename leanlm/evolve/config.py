@@ -72,6 +72,12 @@ class EvolveConfig:
     max_jump: int = _f(2, "tinyadd: most new lengths the controller adds in one generation")
     min_vote: float = _f(0.6, "tinyadd: share of samples that must agree on a self-label")
     commute: bool = _f(True, "tinyadd: also ask b+a; keep a self-label only when both orders agree")
+    advance: float = _f(0.0, "tinyadd: move the reach on only when at least this share of reach+1 probe "
+                             "problems gets an agreed label; otherwise hold and relabel the frontier too")
+    max_scale: float = _f(1.0, "tinyadd: problems per length scale with 1/label yield, at most this many times")
+    exact_share: float = _f(0.0, "tinyadd: share of problems with both operands of the full length")
+    new_share: float = _f(0.0, "tinyadd: least share of this generation's labels in the training mix "
+                               "(oversampled against replay; 0 = plain concatenation)")
     progress: bool = _f(True, "progress bars")
 
     def __post_init__(self) -> None:
@@ -85,6 +91,9 @@ class EvolveConfig:
         require(self.dpo_steps >= 0, "dpo_steps must be >= 0")
         require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")
         require(self.max_jump >= 1 and self.max_difficulty >= 1, "max_jump, max_difficulty >= 1")
+        require(0 <= self.advance <= 1 and 0 <= self.exact_share <= 1 and 0 <= self.new_share < 1,
+                "advance and exact_share are shares in [0, 1], new_share in [0, 1)")
+        require(self.max_scale >= 1, "max_scale must be >= 1")
         if self.recipe is Recipe.CHAT:
             require(len(self.skills) > 0, "the chat recipe needs at least one skill")
             for s in (*self.skills, *self.headline_skills, *self.retention_skills):
@@ -98,7 +107,8 @@ PRESETS: dict[str, EvolveConfig] = {
         spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=8,
         budget=60.0, problems=4000, samples=5, temperature=0.7, steps=500, batch_size=32, lr=5e-4,
         lora_r=0, replay=12000, adversarial=0.0, probe_n=200, heldout_n=100, max_new_tokens=16, gen_batch=1000,
-        judge_n=0, mastery=0.98, seed_steps=20000, seed_lr=1e-3),
+        judge_n=0, mastery=0.98, seed_steps=20000, seed_lr=1e-3, advance=0.5, max_scale=3.0, exact_share=0.5,
+        new_share=0.5),
 }
 
 

@@ -100,18 +100,50 @@ def after_accept(course: Course) -> tuple[Course, str]:
 
 
 # ------------------------------------------------------------------ tinyadd: reach by self-consistency
-def tiny_targets(reach: int, consistency: dict[int, float], min_consistency: float, max_jump: int,
-                 limit: int) -> tuple[list[int], list[str]]:
-    """Lengths to self-label next: reach+1 always (Lee et al.'s +1 schedule), then each further length d
-    while the sampled answers at every length up to d already agree (share of problems whose majority
-    answer passes the filters >= ``min_consistency``), up to ``max_jump`` lengths."""
+@dataclass(frozen=True)
+class TinyPlan:
+    problems: dict[int, int]                # length -> unlabelled problems to generate
+    reach: int                              # the reach if this generation is accepted
+    decisions: tuple[str, ...] = field(default=())
+
+    @property
+    def targets(self) -> list[int]:
+        return sorted(self.problems)
+
+
+def tiny_plan(reach: int, consistency: dict[int, float], total: int, min_consistency: float, max_jump: int,
+              limit: int, advance: float = 0.0, max_scale: float = 1.0) -> TinyPlan:
+    """Which lengths to self-label next, and how many problems of each.
+
+    ``consistency[d]`` is the share of probe problems of length d whose sampled answers agree (the label
+    yield; no ground truth). Lee et al.'s schedule labels reach+1 every round; ours:
+
+    * **advance** when reach+1 agrees often enough (>= ``advance``): label reach+1, then each further length
+      d while every length up to d agrees >= ``min_consistency``, up to ``max_jump`` lengths;
+    * **hold** otherwise: label the frontier (reach) and reach+1 together and keep the reach, so labels of
+      the length the model is still unsure of do not outnumber labels of the one it has nearly learned;
+    * each length gets problems in proportion to 1 / consistency (at most ``max_scale`` times an equal
+      share), so every length yields about the same number of labels.
+    """
     first = min(reach + 1, limit)
-    targets, notes = [first], [f"reach {reach}: label {first}-digit problems"]
-    for d in range(first + 1, min(reach + max_jump, limit) + 1):
-        c = min(consistency.get(d - 1, 0.0), consistency.get(d, 0.0))   # every length up to d must agree
-        if c < min_consistency:
-            notes.append(f"not {d}: consistency {c:.2f} < {min_consistency}")
-            break
-        targets.append(d)
-        notes.append(f"{d}-digit consistency {c:.2f} >= {min_consistency}: also label {d}")
-    return targets, notes
+    c_first = consistency.get(first, 0.0)
+    if first > reach and c_first < advance:
+        targets, new_reach = [reach, first], reach
+        notes = [f"hold at reach {reach}: {first}-digit consistency {c_first:.2f} < {advance}; "
+                 f"label {reach}- and {first}-digit problems"]
+    else:
+        targets, new_reach = [first], first
+        notes = [f"reach {reach}: label {first}-digit problems (consistency {c_first:.2f})"]
+        for d in range(first + 1, min(reach + max_jump, limit) + 1):
+            c = min(consistency.get(d - 1, 0.0), consistency.get(d, 0.0))   # every length up to d must agree
+            if c < min_consistency:
+                notes.append(f"not {d}: consistency {c:.2f} < {min_consistency}")
+                break
+            targets.append(d)
+            new_reach = d
+            notes.append(f"{d}-digit consistency {c:.2f} >= {min_consistency}: also label {d}")
+    share = total / len(targets)
+    problems = {d: max(1, round(share * min(max_scale, 1 / max(consistency.get(d, 1.0), 1e-6))))
+                for d in targets}
+    notes += [f"{d} digits: {n} problems" for d, n in problems.items()]
+    return TinyPlan(problems, new_reach, tuple(notes))

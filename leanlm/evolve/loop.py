@@ -260,18 +260,18 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
         labels = [tinyadd.agreed(outs[i::n], cfg.min_vote) for i in range(n)]   # [a+b samples, (b+a samples)]
         return [(p, a) for p, a in zip(problems, labels) if a is not None and tinyadd.length_ok(p, a)]
 
-    # 1. Probe (label-free): how often the model's samples agree on lengths just beyond its reach.
-    lengths = range(reach + 1, min(reach + cfg.max_jump, cfg.target_digits) + 1)
-    consistency = {d: len(self_label(tinyadd.problems(PROBE, d, cfg.probe_n, exact=False))) / cfg.probe_n
+    # 1. Probe (label-free): how often the model's samples agree at its frontier and just beyond it.
+    lengths = range(reach + (cfg.advance > 0), min(reach + cfg.max_jump, cfg.target_digits) + 1)
+    consistency = {d: len(self_label(tinyadd.mixed(PROBE, d, cfg.probe_n, cfg.exact_share))) / cfg.probe_n
                    for d in lengths}
 
-    # 2. Plan: label reach+1, and further lengths whose answers already agree.
-    targets, notes = controller.tiny_targets(reach, consistency, cfg.mastery, cfg.max_jump, cfg.target_digits)
+    # 2. Plan: advance to reach+1 (and further lengths whose answers already agree) or hold the frontier.
+    plan = controller.tiny_plan(reach, consistency, cfg.problems, cfg.mastery, cfg.max_jump, cfg.target_digits,
+                                cfg.advance, cfg.max_scale)
 
     # 3. Generate: unlabelled problems of the target lengths from this generation's own seed space.
-    per = cfg.problems // len(targets)
-    problems = tinyadd.disjoint([p for d in targets for p in tinyadd.problems(f"self{g}", d, per, exact=False)],
-                                tiny_heldout_keys(cfg))
+    problems = tinyadd.disjoint([p for d, n in plan.problems.items()
+                                 for p in tinyadd.mixed(f"self{g}", d, n, cfg.exact_share)], tiny_heldout_keys(cfg))
 
     # 4 + 5. Solve and filter: length filter and majority vote; no ground truth enters the data.
     labelled = self_label(problems)
@@ -281,8 +281,8 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     # 6. Train: self-labels + replay of earlier self-labels; the seed data is the retention set (PCGrad).
     retention = lineage.read_examples(lineage.gen_dir(run, 0) / "data.jsonl")
     tcfg = train_config(cfg, course, seed, weight_decay=0.01)
-    hist = train(model, tok, sft + replay(run, recs, cfg.replay, seed), retention, tcfg, progress=cfg.progress) \
-        if sft else {"loss_new": []}
+    mix = oversample(sft, replay(run, recs, cfg.replay, seed), cfg.new_share)
+    hist = train(model, tok, mix, retention, tcfg, progress=cfg.progress) if sft else {"loss_new": []}
 
     # 7. Gate.
     metrics = measure_tiny(model, tok, cfg)
@@ -294,12 +294,33 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
 
     # 8. Checkpoint.
     rec = {"generation": g, "parent": parent["generation"], "accepted": accept, "metrics": metrics,
-           "reach": max(targets) if accept else reach, "course": vars(course), "probe": consistency,
-           "plan": {"targets": targets, "samples": k},
-           "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision},
-           "train": summarize(hist), "decisions": [*notes, *reasons, why]}
+           "reach": plan.reach if accept else reach, "course": vars(course), "probe": consistency,
+           "plan": {"targets": plan.targets, "problems": plan.problems, "samples": k},
+           "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision,
+                    "by_length": label_counts(problems, labelled)},
+           "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
     lineage.save_generation(run, rec, sft, [], model if accept else None, tok)
     return rec
+
+
+def oversample(fresh: list[Example], old: list[Example], share: float) -> list[Example]:
+    """``fresh`` repeated so that it is at least ``share`` of the training mix with ``old`` (replay):
+    a generation's few labels of a new length are not drowned by thousands of replayed ones."""
+    if not fresh or not old or share <= 0:
+        return fresh + old
+    reps = max(1, round(share / (1 - share) * len(old) / len(fresh)))
+    return fresh * reps + old
+
+
+def label_counts(problems: list, labelled: list) -> dict[str, list[int]]:
+    """Per length: [problems asked, labels kept, labels that are right] (the last is measured, never used)."""
+    out: dict[str, list[int]] = {}
+    for p in problems:
+        out.setdefault(str(p.digits), [0, 0, 0])[0] += 1
+    for p, a in labelled:
+        out[str(p.digits)][1] += 1
+        out[str(p.digits)][2] += tinyadd.check(p, a)
+    return out
 
 
 # ===================================================================================== the run

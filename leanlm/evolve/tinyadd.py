@@ -80,6 +80,13 @@ def problems(split: str, digits: int, n: int, exact: bool, start: int = 0, stric
     return out
 
 
+def mixed(split: str, digits: int, n: int, exact_share: float) -> list[AddProblem]:
+    """``n`` unlabelled problems of one length: ``exact_share`` of them with both operands ``digits`` long
+    (the held-out shape, with the longest carry chains), the rest mixed-length (Lee et al.)."""
+    k = round(n * exact_share)
+    return problems(f"{split}x", digits, k, exact=True) + problems(split, digits, n - k, exact=False)
+
+
 def heldout(digits: int, n: int) -> list[AddProblem]:
     """Held-out problems with both operands exactly ``digits`` long. At most a fifth of a small length's
     space is held out (1 digit has only 100 problems), so training still sees that length."""

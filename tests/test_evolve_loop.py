@@ -47,6 +47,7 @@ def test_two_generation_loop_writes_a_complete_run(full_run):
     assert recs[0]["metrics"]["heldout"]["tinyadd:1"] >= 0.25, recs[0]["metrics"]
     # generation 1 labelled 2-digit problems itself: data saved as JSONL, label precision measured
     assert 2 in recs[1]["plan"]["targets"] and recs[1]["data"]["self_labelled"] > 0
+    assert set(recs[1]["probe"]) == {"1", "2"}     # the frontier (seed length) is probed too: it weights a hold
     by_length = recs[1]["data"]["by_length"]       # [asked, kept, right] per length
     assert sum(v[1] for v in by_length.values()) == recs[1]["data"]["self_labelled"]
     assert all(v[0] >= v[1] >= v[2] for v in by_length.values())

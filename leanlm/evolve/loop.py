@@ -261,7 +261,8 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
         return [(p, a) for p, a in zip(problems, labels) if a is not None and tinyadd.length_ok(p, a)]
 
     # 1. Probe (label-free): how often the model's samples agree at its frontier and just beyond it.
-    lengths = range(reach + (cfg.advance > 0), min(reach + cfg.max_jump, cfg.target_digits) + 1)
+    first = reach if cfg.advance > 0 else reach + 1       # the frontier's yield weights a hold
+    lengths = range(first, min(reach + cfg.max_jump, cfg.target_digits) + 1)
     consistency = {d: len(self_label(tinyadd.mixed(PROBE, d, cfg.probe_n, cfg.exact_share))) / cfg.probe_n
                    for d in lengths}
 

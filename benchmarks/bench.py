@@ -15,6 +15,7 @@ rebuilt from them with ``leanlm report --bench ... --audit ... [--run RUN_DIR] -
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -38,10 +39,19 @@ RESULTS = HERE / "results"
 log = logging.getLogger("bench")
 
 
-def find_run(results: Path) -> Path | None:
-    """The most recent evolve run directory under ``results`` (one holding metrics.jsonl), if any."""
+def find_run(results: Path, spec: str = "smollm2-135m") -> Path | None:
+    """The evolve run to chart: the most recent run directory under ``results`` (one holding metrics.jsonl)
+    whose spec is ``spec`` (the benchmarked model), else the most recent of any."""
     runs = sorted(results.rglob("metrics.jsonl"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent if runs else None
+    same = [r for r in runs if _run_spec(r.parent) == spec]
+    return (same or runs)[-1].parent if runs else None
+
+
+def _run_spec(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text())["config"]["spec"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def audit_rows(spec: str, bench: dict, rows: list[str], cfg: AuditConfig) -> list[dict]:
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(f"{args.audit_prefix}{a['model']['compressed'].split()[-1]}.json", a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    run = Path(args.run) if args.run else find_run(RESULTS)
+    run = Path(args.run) if args.run else find_run(RESULTS, args.spec)
     note = (f"Measured by benchmarks/bench.py{' --quick' if args.quick else ''} in "
             f"{time.perf_counter() - t0:.0f} s. Timings on a shared machine are noisy; speed columns are same-run "
             "ratios (original and row timed alternately).")

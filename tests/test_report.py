@@ -140,6 +140,15 @@ def test_evolution_curves_from_run_dir(tmp_path, bench_doc):
     assert any(f.endswith("evolution.png") for f in written["files"])
 
 
+def test_evolution_table_orders_lengths_as_numbers():
+    from leanlm.report.render import evolution_table
+
+    recs = [{"generation": 0, "accepted": True, "heldout": {f"tinyadd:{d}": d / 20 for d in (10, 2, 1, 12)}}]
+    headers, rows = evolution_table(recs)
+    assert [h for h in headers if "tinyadd" in h] == [f"heldout.tinyadd:{d}" for d in (1, 2, 10, 12)]
+    assert rows[0][headers.index("heldout.tinyadd:10")] == "0.500"
+
+
 def test_report_cli_end_to_end(bench_doc, tmp_path):
     from leanlm.cli import main
 

@@ -99,7 +99,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     bench = _read_doc(args.bench, "bench") if args.bench else None
     audits = [_read_doc(a, "audit") for a in args.audit or ()]
-    written = write_report(args.output, bench=bench, audits=audits, run=args.run)
+    written = write_report(args.output, bench=bench, audits=audits, run=args.run, note=args.note)
     render_mapping("report", written)
     return 0
 
@@ -128,5 +128,6 @@ def register(sub) -> None:
     r.add_argument("--bench", metavar="JSON", help="a `leanlm bench --json` result")
     r.add_argument("--audit", metavar="JSON", nargs="+", help="`leanlm audit --json` results")
     r.add_argument("--run", metavar="RUN_DIR", help="an evolve run directory (metrics.jsonl)")
+    r.add_argument("--note", default="", help="a line under the title (how and where it was measured)")
     r.add_argument("-o", "--output", required=True, metavar="DIR")
     r.set_defaults(func=cmd_report)

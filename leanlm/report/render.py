@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -140,9 +141,14 @@ def flip_examples_table(audit: dict, limit: int = 6) -> tuple[list[str], list[li
     return ["set", "prompt", "answer", "original said", "compressed said"], rows[:limit]
 
 
+def _natural(key: str) -> tuple:
+    """Sort key that puts tinyadd:2 before tinyadd:10 (digit runs compared as numbers)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key))
+
+
 def evolution_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     flat = [plots.flatten(r) for r in records]
-    skills = sorted({k for f in flat for k in f if k.startswith("heldout.")})
+    skills = sorted({k for f in flat for k in f if k.startswith("heldout.")}, key=_natural)
     keys = [k for k in ("headline", *skills, "retention", "refusal_rate", "perplexity", "ppl")
             if any(k in f for f in flat)]
     headers = ["generation", "accepted", *keys]

@@ -107,8 +107,8 @@ PRESETS: dict[str, EvolveConfig] = {
         spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=8,
         budget=60.0, problems=4000, samples=5, temperature=0.7, steps=500, batch_size=32, lr=5e-4,
         lora_r=0, replay=12000, adversarial=0.0, probe_n=200, heldout_n=100, max_new_tokens=16, gen_batch=1000,
-        judge_n=0, mastery=0.98, seed_steps=20000, seed_lr=1e-3, advance=0.5, max_scale=3.0, exact_share=0.5,
-        new_share=0.5),
+        judge_n=0, mastery=0.98, seed_steps=20000, seed_lr=1e-3, min_vote=1.0, advance=0.5, max_scale=3.0,
+        exact_share=0.5, new_share=0.5),
 }
 
 

@@ -15,7 +15,6 @@ rebuilt from them with ``leanlm report --bench ... --audit ... [--run RUN_DIR] -
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -28,6 +27,7 @@ import torch
 from leanlm import load
 from leanlm.config import to_dict
 from leanlm.eval.results import document
+from leanlm.evolve import lineage
 from leanlm.fileio import atomic_write_json
 from leanlm.report.audit import AuditConfig, answers, audit_models, prompt_sets
 from leanlm.report.bench import DEFAULT_ROWS, ORIGINAL, BenchConfig, quick_config, run_bench
@@ -49,8 +49,8 @@ def find_run(results: Path, spec: str = "smollm2-135m") -> Path | None:
 
 def _run_spec(run: Path) -> str | None:
     try:
-        return json.loads((run / "run.json").read_text())["config"]["spec"]
-    except (OSError, ValueError, KeyError):
+        return lineage.load_config(run).spec
+    except (OSError, ValueError, KeyError, TypeError):      # not an evolve run of a format we read
         return None
 
 

@@ -1,7 +1,7 @@
 """How precise are the tiny recipe's self-labels, and how many survive, under stricter label-free filters?
 
 Takes one model of a tinyadd run, samples answers to fresh problems of the given lengths (a+b and b+a,
-``--samples`` each at the run's temperature), then applies the filter of ``leanlm.evolve.tinyadd.agreed``
+``--samples`` each at the run's temperature), then applies the filter of ``leanlm.evolve.tinyadd.label``
 with several vote thresholds and sample counts. Reported per setting: yield (share of problems that get a
 label) and precision (share of kept labels that are right; ground truth is used here to measure only).
 
@@ -35,8 +35,8 @@ def filter_table(problems: list, outs: list[list[str]], ks: tuple[int, ...], vot
             kept = right = 0
             for i, p in enumerate(problems):
                 orders = [outs[i][:k], outs[n + i][:k]] if commute else [outs[i][:k]]
-                label = tinyadd.agreed(orders, vote)
-                if label is not None and tinyadd.length_ok(p, label):
+                label = tinyadd.label(p, orders, vote)
+                if label is not None:
                     kept += 1
                     right += tinyadd.check(p, label)
             rows.append({"samples": k, "min_vote": vote, "yield": kept / n, "precision": right / max(1, kept),

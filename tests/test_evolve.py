@@ -211,3 +211,6 @@ def test_tinyadd_commuted_self_label_needs_both_orders_to_agree():
     # agreement in both orders but too few votes overall
     assert tinyadd.agreed([[right, right, wrong, "1", "2"], [right, right, wrong, "3", "4"]], 0.6) is None
     assert tinyadd.agreed([[right] * 3 + [wrong] * 2], 0.6) == right           # one order: plain majority vote
+    # the whole filter: agreed and of a possible length (a sum of 3-digit numbers has 3 or 4 digits)
+    assert tinyadd.label(p, [[right] * 5, [right] * 5], 1.0) == right
+    assert tinyadd.label(p, [["86"] * 5, ["86"] * 5], 1.0) is None

@@ -257,8 +257,8 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
         outs = answers(model, tok, [p.prompt for p in asked], k, cfg.temperature, cfg.target_digits + 2,
                        seed, chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
         n = len(problems)
-        labels = [tinyadd.agreed(outs[i::n], cfg.min_vote) for i in range(n)]   # [a+b samples, (b+a samples)]
-        return [(p, a) for p, a in zip(problems, labels) if a is not None and tinyadd.length_ok(p, a)]
+        labels = [tinyadd.label(p, outs[i::n], cfg.min_vote) for i, p in enumerate(problems)]  # [a+b, (b+a)]
+        return [(p, a) for p, a in zip(problems, labels) if a is not None]
 
     # 1. Probe (label-free): how often the model's samples agree at its frontier and just beyond it.
     first = reach if cfg.advance > 0 else reach + 1       # the frontier's yield weights a hold
@@ -276,7 +276,8 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
 
     # 4 + 5. Solve and filter: length filter and majority vote; no ground truth enters the data.
     labelled = self_label(problems)
-    precision = sum(tinyadd.check(p, a) for p, a in labelled) / max(1, len(labelled))  # measured, never used
+    by_length = label_counts(problems, labelled)            # [asked, kept, right]: right is measured, never used
+    precision = sum(v[2] for v in by_length.values()) / max(1, len(labelled))
     sft = [Example(p.prompt, a) for p, a in labelled]
 
     # 6. Train: self-labels + replay of earlier self-labels; the seed data is the retention set (PCGrad).
@@ -298,7 +299,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
            "reach": plan.reach if accept else reach, "course": vars(course), "probe": consistency,
            "plan": {"targets": plan.targets, "problems": plan.problems, "samples": k},
            "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision,
-                    "by_length": label_counts(problems, labelled)},
+                    "by_length": by_length},
            "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
     lineage.save_generation(run, rec, sft, [], model if accept else None, tok)
     return rec

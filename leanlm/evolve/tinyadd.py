@@ -130,6 +130,13 @@ def agreed(orders: list[list[str]], min_vote: float) -> str | None:
     return answer
 
 
+def label(p: AddProblem, orders: list[list[str]], min_vote: float) -> str | None:
+    """The whole label-free filter: the answer ``agreed`` on by every order, if it also passes the length
+    filter; otherwise None."""
+    answer = agreed(orders, min_vote)
+    return answer if answer is not None and length_ok(p, answer) else None
+
+
 def majority(outputs: list[str]) -> tuple[str, float]:
     """The most common answer among samples and the share of samples that gave it."""
     if not outputs:

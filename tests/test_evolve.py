@@ -214,3 +214,32 @@ def test_tinyadd_commuted_self_label_needs_both_orders_to_agree():
     # the whole filter: agreed and of a possible length (a sum of 3-digit numbers has 3 or 4 digits)
     assert tinyadd.label(p, [[right] * 5, [right] * 5], 1.0) == right
     assert tinyadd.label(p, [["86"] * 5, ["86"] * 5], 1.0) is None
+
+
+def test_tinyadd_two_round_unanimity_keeps_exactly_what_the_one_pass_filter_keeps():
+    probs = tinyadd.problems("t", 5, 60, exact=False)
+    rng, table = random.Random(0), {}
+    for p in probs + [tinyadd.swapped(p) for p in probs]:
+        outs, r = [p.answer] * 5, rng.random()
+        if r < 0.3:
+            outs[0] = str(int(p.answer[0]) ^ 1) + p.answer[1:]     # the first sample is wrong
+        elif r < 0.5:
+            outs[3] = "7"                                         # a later sample is wrong (and too short)
+        table[p.prompt] = outs
+    drawn = []
+
+    def rounds(prompts, k, rnd):                                  # round 0 hands out sample 0, round 1 the rest
+        drawn.append(len(prompts) * k)
+        return [table[q][(0 if rnd == 0 else 1):][:k] for q in prompts]
+
+    def one_pass(p, vote):
+        return tinyadd.label(p, [table[p.prompt], table[tinyadd.swapped(p).prompt]], vote)
+
+    two = tinyadd.self_label(probs, rounds, 5, 1.0)
+    assert two == [(p, a) for p in probs if (a := one_pass(p, 1.0)) is not None]
+    assert 0 < len(two) < len(probs) // 2
+    assert drawn[0] == 2 * len(probs) and sum(drawn) < 0.8 * 2 * 5 * len(probs)   # rejected early: fewer samples
+    # below unanimity every sample is drawn in one round
+    drawn.clear()
+    assert tinyadd.self_label(probs, rounds, 5, 0.6) == [(p, a) for p in probs if (a := one_pass(p, 0.6)) is not None]
+    assert drawn == [2 * 5 * len(probs)]

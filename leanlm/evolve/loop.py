@@ -252,13 +252,15 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     course, reach = controller.Course(**last["course"]), parent["reach"]
     k = max(1, round(cfg.samples * course.samples_scale))
 
-    def self_label(problems):  # 4 + 5: k samples each (per order), keep the agreed answer if it passes the filters
-        asked = problems + ([tinyadd.swapped(p) for p in problems] if cfg.commute else [])
-        outs = answers(model, tok, [p.prompt for p in asked], k, cfg.temperature, cfg.target_digits + 2,
-                       seed, chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
-        n = len(problems)
-        labels = [tinyadd.label(p, outs[i::n], cfg.min_vote) for i, p in enumerate(problems)]  # [a+b, (b+a)]
-        return [(p, a) for p, a in zip(problems, labels) if a is not None]
+    sampled = [0]                       # sequences sampled this generation (the early unanimity test saves most)
+
+    def sample(prompts: list[str], kk: int, rnd: int) -> list[list[str]]:
+        sampled[0] += len(prompts) * kk
+        return answers(model, tok, prompts, kk, cfg.temperature, cfg.target_digits + 2, seed + 7919 * rnd,
+                       chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
+
+    def self_label(problems):  # 4 + 5: k samples per order, keep the answer every sample agrees on (length-filtered)
+        return tinyadd.self_label(problems, sample, k, cfg.min_vote, cfg.commute)
 
     # 1. Probe (label-free): how often the model's samples agree at its frontier and just beyond it.
     first = reach if cfg.advance > 0 else reach + 1       # the frontier's yield weights a hold
@@ -299,6 +301,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
            "reach": plan.reach if accept else reach, "course": vars(course), "probe": consistency,
            "plan": {"targets": plan.targets, "problems": plan.problems, "samples": k},
            "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision,
+                    "sampled": sampled[0],
                     "by_length": by_length},
            "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
     lineage.save_generation(run, rec, sft, [], model if accept else None, tok)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 HELDOUT = "heldout"
 SEED = "seed"          # the only ground-truth-labelled training data
@@ -143,3 +144,33 @@ def majority(outputs: list[str]) -> tuple[str, float]:
         return "", 0.0
     answer, votes = Counter(o.strip() for o in outputs).most_common(1)[0]
     return answer, votes / len(outputs)
+
+
+Sampler = Callable[[list[str], int, int], list[list[str]]]   # (prompts, k, round) -> k outputs per prompt
+
+
+def self_label(problems: list[AddProblem], sample: Sampler, k: int, min_vote: float,
+               commute: bool = True) -> list[tuple[AddProblem, str]]:
+    """The labels ``label`` keeps when each problem is asked as a+b (and b+a with ``commute``) ``k`` times.
+
+    Under unanimity (``min_vote`` 1) samples are drawn in two rounds: one per order first, then ``k - 1``
+    more per order only for the problems whose first samples agree and pass the length filter, since any
+    other problem is already rejected. The filter is the same; where few labels survive (a new length) most
+    of the sampling is saved."""
+    forms = [problems] + ([[swapped(p) for p in problems]] if commute else [])
+
+    def ask(idx: list[int], kk: int, rnd: int) -> dict[int, list[list[str]]]:
+        outs = sample([f[i].prompt for f in forms for i in idx], kk, rnd)
+        m = len(idx)
+        return {i: [outs[j * m + t] for j in range(len(forms))] for t, i in enumerate(idx)}
+
+    every = list(range(len(problems)))
+    if min_vote >= 1 and k > 1:
+        first = ask(every, 1, 0)
+        alive = [i for i in every if label(problems[i], first[i], 1.0) is not None]
+        rest = ask(alive, k - 1, 1) if alive else {}
+        orders = {i: [a + b for a, b in zip(first[i], rest[i])] for i in alive}
+    else:
+        orders = ask(every, k, 0)
+    kept = ((problems[i], label(problems[i], orders[i], min_vote)) for i in sorted(orders))
+    return [(p, a) for p, a in kept if a is not None]

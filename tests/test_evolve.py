@@ -243,3 +243,36 @@ def test_tinyadd_two_round_unanimity_keeps_exactly_what_the_one_pass_filter_keep
     drawn.clear()
     assert tinyadd.self_label(probs, rounds, 5, 0.6) == [(p, a) for p in probs if (a := one_pass(p, 0.6)) is not None]
     assert drawn == [2 * 5 * len(probs)]
+
+
+def test_shared_prompt_sampling_matches_repeated_prompts():
+    """k samples with the prompt encoded once (KV cache repeated) = num_return_sequences on k copies:
+    same seeded draws, left-padded prompts of different lengths included."""
+    from leanlm.eval.generate import GenerationConfig, generate
+    from leanlm.models import load
+
+    torch.manual_seed(0)
+    model, tok = load("tiny-llama", dtype="fp32")
+    prompts = ["12+3=", "999+999=", "7=", "40+50+60="]
+    runs = {share: generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, batch_size=4, temperature=1.0,
+                                                                  num_samples=3, chat=False, seed=5,
+                                                                  share_prompt=share), progress=False)
+            for share in (False, True)}
+    assert runs[True] == runs[False]
+    assert all(len(o) == 3 for o in runs[True]) and len({s for o in runs[True] for s in o}) > 3   # really sampled
+
+
+def test_lm_loss_skips_the_prompt_but_not_the_labels():
+    """The output head runs only from the first labelled position; the loss equals the full-logits one."""
+    import torch.nn.functional as F
+
+    from leanlm.evolve.train import IGNORE, Example, collate, encode, lm_loss
+    from leanlm.models import load
+
+    torch.manual_seed(0)
+    model, tok = load("tiny-llama", dtype="fp32")
+    batch = collate([encode(tok, Example("123+45=", "168")), encode(tok, Example("9+1000000=", "1000009"))],
+                    tok.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+    assert torch.allclose(lm_loss(model, batch), full, rtol=1e-5, atol=1e-6)

@@ -19,10 +19,10 @@ TINY = EvolveConfig(
 
 
 def _strip(recs: list[dict]) -> list[dict]:
-    """Lineage minus what may differ between two runs of one config: wall time, paths, codec timing."""
+    """Lineage minus what may differ between two runs of one config: wall times, paths, codec timing."""
     out = []
     for r in recs:
-        r = {k: v for k, v in r.items() if k not in ("wall_s", "delta")}
+        r = {k: v for k, v in r.items() if k not in ("wall_s", "delta", "seconds")}
         out.append({**r, "delta_ratio": (recs[r["generation"]].get("delta") or {}).get("ratio")})
     return out
 

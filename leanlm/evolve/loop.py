@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 PROBE = "probe"          # seed space of the probe problems (train-side, fixed across generations)
 
 
+class Laps:
+    """Wall seconds per phase of a generation: ``lap("probe")`` books the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.t0, self.seconds = time.perf_counter(), {}
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.t0, 1)
+        self.t0 = now
+
+
 def gen_seed(cfg: EvolveConfig, g: int) -> int:
     return cfg.seed * 1000 + g
 
@@ -92,10 +104,11 @@ def chat_start(cfg: EvolveConfig, run: Path) -> dict:
 
 def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
     parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
-    seed = gen_seed(cfg, g)
+    seed, lap = gen_seed(cfg, g), Laps()
     torch.manual_seed(seed)
     model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
     course = controller.Course(**last["course"])
+    lap("load")
 
     # 1. Probe: greedy accuracy per active skill on a fixed train-side problem set.
     skills = tuple(last["skills"])
@@ -104,6 +117,7 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
                   progress=cfg.progress, desc="probe")
     success = accuracy_by_skill(probe, outs)
     failures = [p for p, o in zip(probe, outs) if not verify(p, o)]
+    lap("probe")
 
     # 2. Plan: the controller splits the budget between skills and raises mastered ones.
     history = [r["probe"] for r in recs if r.get("probe")] + [success]
@@ -116,11 +130,13 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
         adv = generator.adversarial([p for p in failures if p.skill == s], round(n * cfg.adversarial), seed, heldout)
         problems += adv + generator.fresh(s, n - len(adv), g, heldout)
     problems += proposals(model, tok, cfg, seed, heldout) if cfg.propose else []
+    lap("generate")
 
     # 4. Solve: k sampled answers per problem.
     k = max(1, round(cfg.samples * course.samples_scale))
     samples = answers(model, tok, [p.prompt for p in problems], k, cfg.temperature, cfg.max_new_tokens, seed,
                       batch_size=cfg.gen_batch * 2, progress=cfg.progress)
+    lap("solve")
 
     # 5. Judge: exact verifier -> SFT data and DPO pairs; AI judge on a subset to measure agreement.
     verdicts = [[verify(p, o) for o in outs] for p, outs in zip(problems, samples)]
@@ -128,10 +144,11 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     sft = sft_examples(chat_prompts, samples, verdicts)
     pairs = preference_pairs(chat_prompts, samples, verdicts)
     judged = judge_agreement(model, tok, problems, samples, verdicts, cfg.judge_n, seed, cfg.progress)
+    lap("judge")
 
     # 6. Train: LoRA on new + replayed data, retention loss on corpus text, PCGrad between them.
     new = sft + replay(run, recs, cfg.replay, seed)
-    retention = corpus_examples(tok, seed)
+    retention = corpus_examples(tok, seed, seq_len=cfg.retention_len)
     tcfg = train_config(cfg, course, seed)
     hist, adapter_tmp = {"loss_new": []}, None
     if new and cfg.steps:
@@ -143,9 +160,11 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
             adapter_tmp = tempfile.TemporaryDirectory(dir=run, prefix=".adapter-")
             model.save_pretrained(adapter_tmp.name)
             model = model.merge_and_unload()
+    lap("train")
 
     # 7. Gate: held-out, retention, perplexity and refusals; accept or roll back.
     metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"])
+    lap("gate")
     accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
                              cfg.refusal_tolerance, cfg.retention_tolerance)
     if not new:
@@ -160,7 +179,8 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
                     "proposed": sum(p.split == generator.PROPOSED for p in problems), "sft": len(sft),
                     "replay": len(new) - len(sft), "pairs": len(pairs),
                     "sample_accuracy": sum(map(sum, verdicts)) / max(1, sum(map(len, verdicts)))},
-           "judge": judged, "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
+           "judge": judged, "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why],
+           "seconds": lap.seconds}
     lineage.save_generation(run, rec, sft, pairs, model if accept else None, tok,
                             Path(adapter_tmp.name) if (accept and adapter_tmp) else None)
     if adapter_tmp:
@@ -246,7 +266,7 @@ def tiny_start(cfg: EvolveConfig, run: Path) -> dict:
 
 def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
     parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
-    seed = gen_seed(cfg, g)
+    seed, lap = gen_seed(cfg, g), Laps()
     torch.manual_seed(seed)
     model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
     course, reach = controller.Course(**last["course"]), parent["reach"]
@@ -267,6 +287,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     lengths = range(first, min(reach + cfg.max_jump, cfg.target_digits) + 1)
     consistency = {d: len(self_label(tinyadd.mixed(PROBE, d, cfg.probe_n, cfg.exact_share))) / cfg.probe_n
                    for d in lengths}
+    lap("probe")
 
     # 2. Plan: advance to reach+1 (and further lengths whose answers already agree) or hold the frontier.
     plan = controller.tiny_plan(reach, consistency, cfg.problems, cfg.mastery, cfg.max_jump, cfg.target_digits,
@@ -281,15 +302,18 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     by_length = label_counts(problems, labelled)            # [asked, kept, right]: right is measured, never used
     precision = sum(v[2] for v in by_length.values()) / max(1, len(labelled))
     sft = [Example(p.prompt, a) for p, a in labelled]
+    lap("solve")
 
     # 6. Train: self-labels + replay of earlier self-labels; the seed data is the retention set (PCGrad).
     retention = lineage.read_examples(lineage.gen_dir(run, 0) / "data.jsonl")
     tcfg = train_config(cfg, course, seed, weight_decay=0.01)
     mix = oversample(sft, replay(run, recs, cfg.replay, seed), cfg.new_share)
     hist = train(model, tok, mix, retention, tcfg, progress=cfg.progress) if sft else {"loss_new": []}
+    lap("train")
 
     # 7. Gate.
     metrics = measure_tiny(model, tok, cfg)
+    lap("gate")
     accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
                              cfg.refusal_tolerance, cfg.retention_tolerance)
     if not sft:
@@ -303,7 +327,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
            "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision,
                     "sampled": sampled[0],
                     "by_length": by_length},
-           "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why]}
+           "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why], "seconds": lap.seconds}
     lineage.save_generation(run, rec, sft, [], model if accept else None, tok)
     return rec
 
@@ -363,6 +387,8 @@ def finish(out: Path, rec: dict, wall_s: float) -> dict:
 
     rec = {**json.loads((lineage.gen_dir(out, rec["generation"]) / "lineage.json").read_text()),
            "wall_s": round(wall_s, 1)}
+    if rec.get("seconds"):      # what the phases did not book: writing the checkpoint
+        rec["seconds"]["checkpoint"] = round(wall_s - sum(rec["seconds"].values()), 1)
     if rec["accepted"] and isinstance(rec["parent"], int):
         parent_rec = lineage.records(out)[rec["parent"]]
         delta = lineage.store_delta(out, rec["generation"], lineage.model_path(out, parent_rec))

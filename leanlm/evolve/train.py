@@ -88,9 +88,15 @@ def batches(tok, examples: list[Example], batch_size: int, seed: int) -> Iterato
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the labelled tokens (position t predicts t+1)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+    """Mean cross-entropy of the labelled tokens (position t predicts t+1). The output head runs only from
+    the first position that predicts a labelled token on (``logits_to_keep``): for prompt + answer
+    examples that skips the prompt, and with it most of a large vocabulary's matmul and its gradient."""
+    targets = batch["labels"][:, 1:]
+    cols = (targets != IGNORE).any(0).nonzero().flatten()
+    first = int(cols[0]) if len(cols) else 0
+    keep = torch.arange(first, targets.shape[1])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE)
 
 
 # ----------------------------------------------------------------------------------- DPO

@@ -109,7 +109,7 @@ PRESETS: dict[str, EvolveConfig] = {
     # sampling more problems instead (see benchmarks/EVOLVE.md for the 96-problem / 60-step runs).
     "smollm2-135m": EvolveConfig(problems=128, steps=40, lr=5e-4, retention_len=32),
     "tiny-add": EvolveConfig(
-        spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=8,
+        spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=40,
         budget=60.0, problems=4000, samples=5, temperature=0.7, steps=500, batch_size=32, lr=5e-4,
         lora_r=0, replay=12000, adversarial=0.0, probe_n=200, heldout_n=100, max_new_tokens=16, gen_batch=1000,
         judge_n=0, mastery=0.98, seed_steps=20000, seed_lr=1e-3, min_vote=1.0, advance=0.5, max_scale=3.0,

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                  ["gen", "accepted", "wall s", "headline", "score", "retention", "ppl", "refusal"], rows)
     doc = document("evolve", {"spec": args.spec}, to_dict(lineage.load_config(out)),
                    {**result, "per_generation": [{k: r.get(k) for k in ("generation", "accepted", "wall_s", "metrics",
-                                                                       "data", "judge", "train", "decisions")}
+                                                                       "data", "judge", "train", "decisions",
+                                                                       "seconds")}
                                                   for r in recs]})
     atomic_write_json(args.json or RESULTS / f"evolve_{tag.replace('-', '_')}.json", doc)
     return 0

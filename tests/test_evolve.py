@@ -276,3 +276,19 @@ def test_lm_loss_skips_the_prompt_but_not_the_labels():
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     full = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
     assert torch.allclose(lm_loss(model, batch), full, rtol=1e-5, atol=1e-6)
+
+
+def test_verified_answers_are_cut_to_their_shortest_verified_prefix():
+    from leanlm.evolve.discriminator import shortest_verified
+
+    p = problem("add", 2, "train", 0)
+    a = p.answer
+    assert shortest_verified(p, f"The answer is {a}. To calculate it, we add") == f"The answer is {a}."
+    assert shortest_verified(p, f"So 1 + 2 = {a} in total.\n#### and then you") == f"So 1 + 2 = {a} in total."
+    assert shortest_verified(p, f"Hmm. 3 is small. The sum is {a}. Done.") == f"Hmm. 3 is small. The sum is {a}."
+    assert shortest_verified(p, f"{a}") == f"{a}"
+    # no boundary after the answer: the whole (verified) text is kept
+    assert shortest_verified(p, f"That is, 1 + 1 = {a}, but since we") == f"That is, 1 + 1 = {a}, but since we"
+    # trimming goes into the SFT data when the problems are given
+    ex = sft_examples(["q"], [[f"{a}. And more text.", "7"]], [[True, False]], problems=[p])
+    assert [e.completion for e in ex] == [f"{a}."]

@@ -82,5 +82,7 @@ def _render_generation(rec: dict) -> None:
     if rec.get("judge"):
         t.add_row("judge agreement / kappa", f"{_fmt(rec['judge']['agreement'])} / {_fmt(rec['judge']['kappa'])}")
     console.print(t)
+    if rec.get("seconds"):
+        console.print("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rec["seconds"].items()))
     for d in rec.get("decisions", []):
         console.print(f"  - {d}")

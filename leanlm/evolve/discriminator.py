@@ -140,14 +140,30 @@ def agreement(judged: list[bool | None], verified: list[bool]) -> dict:
 
 
 # ------------------------------------------------------------------------------ data from verdicts
+_BOUNDARY = re.compile(r"\n|[.!?](?=\s)")
+
+
+def shortest_verified(p: Problem, output: str) -> str:
+    """The shortest prefix of a verified answer that ends at a line or sentence end and still verifies
+    ("The answer is 125. To calculate 65 + 60, we" -> "The answer is 125."). Trained on, it teaches the
+    model to stop once it has answered instead of running on until the token budget cuts it off - the
+    sampled answers are cut at ``max_new_tokens`` mid-sentence. The whole text if no shorter prefix verifies."""
+    for m in _BOUNDARY.finditer(output):
+        head = output[:m.end()].strip()
+        if head and verify(p, head):
+            return head
+    return output.strip()
+
+
 def sft_examples(prompts: list[str], samples: list[list[str]], verdicts: list[list[bool]],
-                 per_prompt: int = 2) -> list[Example]:
-    """Up to ``per_prompt`` distinct verified-correct answers per prompt, as SFT examples."""
+                 per_prompt: int = 2, problems: list[Problem] | None = None) -> list[Example]:
+    """Up to ``per_prompt`` distinct verified-correct answers per prompt, as SFT examples; with
+    ``problems``, each cut to its shortest verified prefix (``shortest_verified``)."""
     out = []
-    for prompt, outs, oks in zip(prompts, samples, verdicts):
+    for i, (prompt, outs, oks) in enumerate(zip(prompts, samples, verdicts)):
         seen: list[str] = []
         for o, ok in zip(outs, oks):
-            text = o.strip()
+            text = shortest_verified(problems[i], o) if (ok and problems is not None) else o.strip()
             if ok and text and text not in seen and len(seen) < per_prompt:
                 seen.append(text)
                 out.append(Example(prompt, text))

@@ -141,7 +141,7 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     # 5. Judge: exact verifier -> SFT data and DPO pairs; AI judge on a subset to measure agreement.
     verdicts = [[verify(p, o) for o in outs] for p, outs in zip(problems, samples)]
     chat_prompts = [format_prompt(tok, p.prompt) for p in problems]
-    sft = sft_examples(chat_prompts, samples, verdicts)
+    sft = sft_examples(chat_prompts, samples, verdicts, problems=problems if cfg.trim else None)
     pairs = preference_pairs(chat_prompts, samples, verdicts)
     judged = judge_agreement(model, tok, problems, samples, verdicts, cfg.judge_n, seed, cfg.progress)
     lap("judge")

@@ -284,11 +284,19 @@ def test_verified_answers_are_cut_to_their_shortest_verified_prefix():
     p = problem("add", 2, "train", 0)
     a = p.answer
     assert shortest_verified(p, f"The answer is {a}. To calculate it, we add") == f"The answer is {a}."
-    assert shortest_verified(p, f"So 1 + 2 = {a} in total.\n#### and then you") == f"So 1 + 2 = {a} in total."
+    assert shortest_verified(p, f"So 1 + 2 = {a} in total.\n#### and then you") == f"So 1 + 2 = {a}"
     assert shortest_verified(p, f"Hmm. 3 is small. The sum is {a}. Done.") == f"Hmm. 3 is small. The sum is {a}."
     assert shortest_verified(p, f"{a}") == f"{a}"
-    # no boundary after the answer: the whole (verified) text is kept
-    assert shortest_verified(p, f"That is, 1 + 1 = {a}, but since we") == f"That is, 1 + 1 = {a}, but since we"
+    # a number ends a cut too, with the closing marks right after it; earlier numbers do not verify
+    assert shortest_verified(p, f"1 + 1 = {a} (1 is the value of 1 here.)") == f"1 + 1 = {a}"
+    assert shortest_verified(p, f'"That is, 1 + 1 = {a}", but since we') == f'"That is, 1 + 1 = {a}"'
+    assert shortest_verified(p, f"The answer is {a} with only 12 digits.") == f"The answer is {a}"
+    big = problem("add", 4, "train", 0)
+    n = int(big.answer)
+    assert shortest_verified(big, f"The answer is {n:,}, as 1 + 2 = 3.") == f"The answer is {n:,}"
+    lst = problem("sort", 1, "train", 0)
+    assert shortest_verified(lst, f"Sorted: {lst.answer.replace(',', ', ')}. Then 7.") == \
+        f"Sorted: {lst.answer.replace(',', ', ')}."
     # trimming goes into the SFT data when the problems are given
     ex = sft_examples(["q"], [[f"{a}. And more text.", "7"]], [[True, False]], problems=[p])
     assert [e.completion for e in ex] == [f"{a}."]

@@ -46,6 +46,14 @@ def test_arithmetic_answers_are_right():
         assert check(q, q.answer)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_training_phrasings_are_many_and_never_the_heldout_ones(family):
+    phrasings = FAMILIES[family].templates
+    assert len(phrasings[TRAIN]) >= 3 and not set(phrasings[TRAIN]) & set(phrasings[HELDOUT])
+    used = {re.sub(r"'[a-z]+'|[\d(]+[\d()+\-* ]*", "X", problem(family, 1, TRAIN, i).question) for i in range(200)}
+    assert len(used) == len(phrasings[TRAIN])    # the generator draws from all of them
+
+
 def test_heldout_uses_its_own_seed_space_and_phrasing():
     held = problem_set("add", 2, 200, HELDOUT)
     train = [problem("add", 2, TRAIN, i) for i in range(2000)]

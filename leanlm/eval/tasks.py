@@ -5,6 +5,10 @@ the string ``"{split}/{family}/{difficulty}/{index}"``. Evaluation uses ``split=
 phrasings); training-data generators must use ``split="train"`` (or any other split name), so held-out
 problems come from a seed space and phrasing that training never touches. ``problem_set`` deduplicates,
 and ``disjoint`` lets a trainer drop any accidental collision with held-out prompts.
+
+Training phrasings are many paraphrases (nine per arithmetic family), the held-out ones are others. With
+one or two training wordings a fine-tuned model learnt the wording, not the task: SmolLM2 sorted 52% of
+train-phrased lists and 2.5% of held-out ones after five generations (``benchmarks/EVOLVE.md``).
 """
 from __future__ import annotations
 
@@ -100,7 +104,9 @@ def _pyexpr(rng: random.Random, d: int) -> tuple[dict, str]:
 
 def _arith_templates(word: str, sym: str) -> dict[str, tuple[str, ...]]:
     return {
-        TRAIN: (f"What is {{a}} {sym} {{b}}?", f"Compute {{a}} {sym} {{b}}.", f"{word} {{a}} and {{b}}."),
+        TRAIN: (f"What is {{a}} {sym} {{b}}?", f"Compute {{a}} {sym} {{b}}.", f"{word} {{a}} and {{b}}.",
+                f"Work out {{a}} {sym} {{b}}.", f"Find the value of {{a}} {sym} {{b}}.", f"{{a}} {sym} {{b}} = ?",
+                f"Evaluate {{a}} {sym} {{b}}.", f"Please solve {{a}} {sym} {{b}}.", f"How much is {{a}} {sym} {{b}}?"),
         HELDOUT: (f"Calculate {{a}} {sym} {{b}}.", f"What does {{a}} {sym} {{b}} equal?"),
     }
 
@@ -111,15 +117,18 @@ FAMILIES: dict[str, TaskFamily] = {
                       _arith_templates("Subtract the second from the first:", "-"), _check_int),
     "mul": TaskFamily("mul", _binary("*", lambda a, b: a * b), _arith_templates("Multiply", "*"), _check_int),
     "reverse": TaskFamily("reverse", _reverse, {
-        TRAIN: ("Reverse the string '{s}'.", "Write '{s}' backwards."),
+        TRAIN: ("Reverse the string '{s}'.", "Write '{s}' backwards.", "Reverse the letters of '{s}'.",
+                "Write the string '{s}' from its last letter to its first."),
         HELDOUT: ("What is the string '{s}' reversed?", "Spell '{s}' in reverse order."),
     }, _check_text),
     "sort": TaskFamily("sort", _sort, {
-        TRAIN: ("Sort these numbers in ascending order: {xs}.",),
+        TRAIN: ("Sort these numbers in ascending order: {xs}.", "Put these numbers in increasing order: {xs}.",
+                "List {xs} from lowest to highest.", "Order the numbers {xs} from least to greatest."),
         HELDOUT: ("Arrange from smallest to largest: {xs}.",),
     }, _check_list),
     "pyexpr": TaskFamily("pyexpr", _pyexpr, {
-        TRAIN: ("Evaluate the Python expression {e}.",),
+        TRAIN: ("Evaluate the Python expression {e}.", "Compute the Python expression {e}.",
+                "In Python, what is {e}?"),
         HELDOUT: ("What is the value of the Python expression {e}?",),
     }, _check_int),
 }

@@ -105,13 +105,13 @@ class EvolveConfig:
 
 # The settings behind the goals in benchmarks/EVOLVE.md (the bare `leanlm evolve SPEC` runs these).
 PRESETS: dict[str, EvolveConfig] = {
-    # 128 problems x 6 samples, 40 LoRA steps at lr 5e-4: the data, not the steps, limit what a generation
+    # 160 problems x 6 samples, 40 LoRA steps at lr 5e-4: the data, not the steps, limit what a generation
     # learns (the 60-step runs fitted their new data early), so the time goes to sampling. Retention windows
     # stay 64 tokens: with 16 or 32 the corpus perplexity (512-token contexts) rose past the gate's +3%
     # (benchmarks/EVOLVE.md, runs smollm2-16tok and smollm2-40steps). Verified answers are cut to their
     # shortest verified prefix (trim): untrimmed, the model learnt to run on past its answer until the
     # token budget cut it off (run smollm2-untrimmed).
-    "smollm2-135m": EvolveConfig(problems=128, steps=40, lr=5e-4, trim=True),
+    "smollm2-135m": EvolveConfig(problems=160, steps=40, lr=5e-4, trim=True),
     "tiny-add": EvolveConfig(
         spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=40,
         budget=60.0, problems=4000, samples=5, temperature=0.7, steps=500, batch_size=32, lr=5e-4,

@@ -140,14 +140,16 @@ def agreement(judged: list[bool | None], verified: list[bool]) -> dict:
 
 
 # ------------------------------------------------------------------------------ data from verdicts
-_BOUNDARY = re.compile(r"\n|[.!?](?=\s)")
+# Cut points: a line end, a sentence end, or the end of a number (with the closing marks right after it).
+_BOUNDARY = re.compile(r"\n|[.!?](?=\s)|\d(?!\d)[.!?\"')\]]*")
 
 
 def shortest_verified(p: Problem, output: str) -> str:
-    """The shortest prefix of a verified answer that ends at a line or sentence end and still verifies
-    ("The answer is 125. To calculate 65 + 60, we" -> "The answer is 125."). Trained on, it teaches the
-    model to stop once it has answered instead of running on until the token budget cuts it off - the
-    sampled answers are cut at ``max_new_tokens`` mid-sentence. The whole text if no shorter prefix verifies."""
+    """The shortest prefix of a verified answer that ends at a line end, a sentence end or the end of a
+    number, and still verifies ("The answer is 125. To calculate 65 + 60, we" -> "The answer is 125.";
+    "88 + 99 = 187 (99 is the value of 99)" -> "88 + 99 = 187"). Trained on, it teaches the model to stop
+    once it has answered instead of running on until the token budget cuts it off - the sampled answers are
+    cut at ``max_new_tokens`` mid-sentence. The whole text if no shorter prefix verifies."""
     for m in _BOUNDARY.finditer(output):
         head = output[:m.end()].strip()
         if head and verify(p, head):

@@ -7,7 +7,7 @@ problems come from a seed space and phrasing that training never touches. ``prob
 and ``disjoint`` lets a trainer drop any accidental collision with held-out prompts.
 
 Training phrasings are many paraphrases (nine per arithmetic family), the held-out ones are others. With
-one or two training wordings a fine-tuned model learnt the wording, not the task: SmolLM2 sorted 52% of
+one to three training wordings a fine-tuned model learnt the wording, not the task: SmolLM2 sorted 52% of
 train-phrased lists and 2.5% of held-out ones after five generations (``benchmarks/EVOLVE.md``).
 """
 from __future__ import annotations

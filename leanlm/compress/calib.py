@@ -12,7 +12,8 @@ from ..eval.corpus import load_corpus, split_corpus
 
 def calibration_ids(tok, n: int = 128, seq_len: int = 512, seed: int = 0, corpus: str | None = None) -> torch.Tensor:
     """``(n, seq_len)`` token ids: windows at seeded random offsets into the corpus's calib half."""
-    text = split_corpus(load_corpus(corpus), "calib")
+    # the mix is made of calib halves already; any other corpus gives its calib half
+    text = load_corpus(corpus) if corpus == "mix" else split_corpus(load_corpus(corpus), "calib")
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if ids.numel() < seq_len + 1:
         raise ValueError(f"calibration text has {ids.numel()} tokens; need more than seq_len={seq_len}")

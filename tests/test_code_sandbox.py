@@ -135,10 +135,20 @@ def test_stmt_tests_and_crash_at_load():
     assert v.status == "error" and "SyntaxError" in v.detail
 
 
-def test_parse_report_ignores_lines_without_the_nonce():
-    v = parse_report("T 0 1\nabc T 0 1\nabc END\n", "", 0, False, "nonce", 1)
+def test_parse_report_ignores_lines_without_the_nonce_and_compares_exactly():
+    t = [Case("call", "f", "(2,)", "4")]
+    v = parse_report("T 0 R 4\nabc T 0 R 4\nabc END\n", "", 0, False, "nonce", t)
     assert v.passed == 0 and v.status == "exit"
-    assert parse_report("nonce T 0 1 \nnonce END\n", "", 0, False, "nonce", 1).full
+    assert parse_report("nonce T 0 R 4\nnonce END\n", "", 0, False, "nonce", t).full
+    assert not parse_report("nonce T 0 R 4.0\nnonce END\n", "", 0, False, "nonce", t).full     # 4.0 is not 4
+    assert not parse_report("nonce T 0 R True\nnonce END\n", "", 0, False, "nonce", [Case("call", "f", "()", "1")]).full
+    assert not parse_report("nonce T 0 R __import__('os')\nnonce END\n", "", 0, False, "nonce", t).full
+
+
+def test_expected_values_never_enter_the_sandbox():
+    leak = "import sys\ndef f(x):\n    fr = sys._getframe(1)\n    return repr(fr.f_locals)\n"
+    v = run_tests(leak, [Case("call", "f", "(2,)", "'secret-expected-value'")], FAST)
+    assert not v.full and v.status == "fail"
 
 
 def test_run_many_keeps_order():

@@ -173,7 +173,9 @@ class Registry:
                  and v not in idle]
         doomed = [v for v in idle if v.retired]
         keep = sorted((v for v in idle if not v.retired), key=lambda v: v.last_used)
-        loaded = sum(1 for v in (self.current, self.canary) if v is not None) + len(keep)
+        busy = {id(v): v for v in [*self.versions.values(), *self.history]
+                if v.backend is not None and v.inflight > 0 and id(v) not in active}
+        loaded = sum(1 for v in (self.current, self.canary) if v is not None) + len(busy) + len(keep)
         while keep and loaded > self.max_loaded:
             doomed.append(keep.pop(0))
             loaded -= 1

@@ -28,7 +28,7 @@ from torch import nn
 from ..config import require, to_dict
 from ..fileio import atomic_directory
 from . import ctgrid
-from .hf import load_dense, write_files_manifest
+from .hf import load_dense, refuse_existing, write_files_manifest
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,7 @@ def leanlm_model(model: nn.Module, layers: dict[str, QuantLinear], cfg: CTConfig
 def export_cli(src: str, out: Path, options: dict) -> dict:
     t0 = time.perf_counter()
     cfg = config_from_options(options)
+    refuse_existing(out, options)
     model, tok, replaced = load_dense(src, torch.bfloat16)
     doc, layers = export_model(model, tok, out, cfg, overwrite=bool(options.get("force")), source=src)
     groups = sorted({ql.group for ql in layers.values() if ql.group})

@@ -95,6 +95,12 @@ def write_files_manifest(tmp: Path, doc: dict) -> dict:
     return doc
 
 
+def refuse_existing(out: Path, options: dict) -> None:
+    """Fail before any work when ``out`` exists and ``--force`` was not given."""
+    if Path(out).exists() and not options.get("force"):
+        raise FileExistsError(f"{out} already exists (pass --force to replace it)")
+
+
 def hf_dtype(qtype: str | None) -> torch.dtype:
     key = (qtype or "BF16").upper()
     if key not in HF_DTYPES:
@@ -106,6 +112,7 @@ def export_cli(src: str, out: Path, options: dict) -> dict:
     """Write ``src`` dequantised as a plain HF safetensors directory at ``out``."""
     t0 = time.perf_counter()
     dtype = hf_dtype(options.get("qtype"))
+    refuse_existing(out, options)
     model, tok, replaced = load_dense(src, dtype)
     with atomic_directory(out, overwrite=bool(options.get("force"))) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

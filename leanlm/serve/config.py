@@ -16,12 +16,15 @@ class ServeConfig:
     port: int = _f(8000, "TCP port (0 = any free port)")
     api_key: str | None = _f(None, "bearer token required on every route but /health")
     backend: str = _f("torch", "torch (any leanlm spec) or llama_cpp (the model's GGUF)")
-    dtype: str = _f("bf16", "compute dtype of the torch backend")
+    dtype: str = _f("fp32", "compute dtype of the torch backend (fp32: on CPU, batched decode in bf16 measured "
+                            "2-3x slower than fp32; see benchmarks/SERVE.md)")
     threads: int = _f(0, "torch threads of the scheduler (0 = leave torch's default)")
     follow: bool = _f(False, "watch an evolve run directory and swap in each accepted generation")
     poll_s: float = _f(2.0, "seconds between looks at the run directory (--follow)")
     canary: float = _f(0.0, "share of traffic (sticky per `user`) sent to a new generation before promotion")
     max_batch: int = _f(16, "sequences decoded together in one step")
+    max_prefill_tokens: int = _f(256, "prompt tokens prefilled per step at most (bounds the pause a burst of "
+                                      "arrivals puts on running requests; one request always fits)")
     max_queue: int = _f(64, "requests waiting for a slot; more get HTTP 429")
     max_prompt_tokens: int = _f(1024, "longest prompt accepted, in tokens")
     max_tokens_limit: int = _f(512, "largest max_tokens accepted")
@@ -37,7 +40,7 @@ class ServeConfig:
         require(0 <= self.port < 65536, f"port {self.port} is not a TCP port")
         require(0.0 <= self.canary < 1.0, f"canary {self.canary} must be in [0, 1)")
         require(self.poll_s > 0, "poll_s must be positive")
-        for name in ("max_batch", "max_queue", "max_prompt_tokens", "max_tokens_limit", "max_n",
+        for name in ("max_batch", "max_queue", "max_prefill_tokens", "max_prompt_tokens", "max_tokens_limit", "max_n",
                      "max_body_bytes", "max_loaded", "default_max_tokens"):
             require(getattr(self, name) > 0, f"{name} must be positive")
         require(self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens exceeds max_tokens_limit")

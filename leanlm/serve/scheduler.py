@@ -78,8 +78,9 @@ def _generator(seed: int | None, choice: int) -> torch.Generator:
 
 class Scheduler:
     def __init__(self, max_batch: int = 16, max_queue: int = 64, on_release: Callable[[Any], None] | None = None,
-                 threads: int = 0):
+                 threads: int = 0, max_prefill_tokens: int = 256):
         self.max_batch, self.max_queue, self.threads = max_batch, max_queue, threads
+        self.max_prefill_tokens = max_prefill_tokens
         self.on_release = on_release or (lambda version: None)
         self._waiting: deque[GenRequest] = deque()
         self._lock = threading.Lock()
@@ -88,6 +89,8 @@ class Scheduler:
         self._batches: dict[int, _Batch] = {}          # id(version) -> its running batch
         self._thread: threading.Thread | None = None
         self.steps = 0
+        # work done, for /metrics: decode = tokens from step(), prefill = prompt tokens, with seconds spent
+        self.counts = {"decode_tokens": 0, "decode_seconds": 0.0, "prefill_tokens": 0, "prefill_seconds": 0.0}
 
     # ------------------------------------------------------------------ called from any thread
     def submit(self, req: GenRequest) -> None:
@@ -137,9 +140,10 @@ class Scheduler:
         return len(b.seqs) if b else 0
 
     def _take(self) -> list[GenRequest]:
-        """Waiting requests that fit in the free rows, first come first served."""
+        """Waiting requests that fit in the free rows and this step's prefill budget, first come first served."""
         taken: list[GenRequest] = []
         free = self.max_batch - sum(len(b.seqs) for b in self._batches.values())
+        budget = self.max_prefill_tokens
         per_version: dict[int, int] = {}
         with self._lock:
             while self._waiting and free > 0:
@@ -149,8 +153,9 @@ class Scheduler:
                     self.on_release(r.version)
                     continue
                 used = self._rows(r.version) + per_version.get(id(r.version), 0)
-                if r.n > min(free, r.version.backend.max_batch - used):
+                if r.n > min(free, r.version.backend.max_batch - used) or (taken and len(r.prompt) > budget):
                     break
+                budget -= len(r.prompt)
                 taken.append(self._waiting.popleft())
                 per_version[id(r.version)] = per_version.get(id(r.version), 0) + r.n
                 free -= r.n
@@ -169,6 +174,7 @@ class Scheduler:
         for r in reqs:
             r.open_choices = r.n
         seqs = [_Seq(r, k, _generator(r.params.seed, k)) for r in reqs for k in range(r.n)]
+        t0 = time.perf_counter()
         try:
             state, logits = backend.prefill([r.prompt for r in reqs])
             rows = [i for i, r in enumerate(reqs) for _ in range(r.n)]
@@ -179,6 +185,8 @@ class Scheduler:
             for s in seqs:
                 self._close(s, None, error=f"prefill failed: {type(e).__name__}: {e}")
             return
+        self.counts["prefill_tokens"] += sum(len(r.prompt) for r in reqs)
+        self.counts["prefill_seconds"] += time.perf_counter() - t0
         self._consume(backend, seqs, logits)
         batch = self._batches.get(id(version))
         if batch is None:
@@ -197,6 +205,7 @@ class Scheduler:
         if key not in self._batches:
             return
         backend = batch.version.backend
+        t0 = time.perf_counter()
         try:
             logits = backend.step(batch.state, [s.ids[-1] for s in batch.seqs])
         except Exception as e:  # fail this batch's requests; other versions keep serving
@@ -205,6 +214,8 @@ class Scheduler:
                 self._close(s, None, error=f"decode failed: {type(e).__name__}: {e}")
             del self._batches[key]
             return
+        self.counts["decode_tokens"] += len(batch.seqs)
+        self.counts["decode_seconds"] += time.perf_counter() - t0
         self._consume(backend, batch.seqs, logits)
         self._drop_done(key)
 

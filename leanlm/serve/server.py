@@ -32,7 +32,8 @@ def build(spec: str, cfg: ServeConfig) -> ServerContext:
     run = is_run(spec)
     ledger_path = cfg.ledger or (str(Path(spec) / "serve-ledger.jsonl") if run else None)
     registry = Registry(name, loader, canary=cfg.canary, max_loaded=cfg.max_loaded, ledger=Ledger(ledger_path))
-    scheduler = Scheduler(cfg.max_batch, cfg.max_queue, on_release=registry.release, threads=cfg.threads)
+    scheduler = Scheduler(cfg.max_batch, cfg.max_queue, on_release=registry.release, threads=cfg.threads,
+                          max_prefill_tokens=cfg.max_prefill_tokens)
     follower = None
     if run:
         follower = Follower(spec, registry, cfg.poll_s)
@@ -102,3 +103,15 @@ class ServerThread:
         self.thread.join(15)
         _stop(self.ctx)
         self.sock.close()
+
+
+def follow_in_background(run: str | Path, cfg: ServeConfig | None = None) -> ServerThread:
+    """Start serving an evolve run directory (``--follow``) in this process; ``leanlm evolve --serve`` uses it.
+    The run directory must exist (``run.json``); generations are served as the loop accepts them."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg or ServeConfig(), follow=True)
+    server = ServerThread(str(run), cfg)
+    server.__enter__()
+    log.info("serving %s at %s (follows accepted generations)", run, server.url)
+    return server

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from leanlm.compress.lossless import codec, rans
 from leanlm.compress.lossless.codec import CodecConfig
 from leanlm.compress.lossless.container import TensorSpan, encode_tensor
-from leanlm.compress.lossless.layout import INTEGERS, LAYOUTS, PLAIN
+from leanlm.compress.lossless.layout import INTEGERS, LAYOUTS, PLAIN, Layout
 
 SMALL = CodecConfig(chunk_values=1024)
 # Special bit patterns per width: +-0, +-Inf, NaN payloads (quiet and signalling, both signs), subnormals,
@@ -88,7 +88,7 @@ def test_tensor_roundtrip_odd_shapes(dtype, shape):
     if data.size:
         enc = codec.Encoded(planes["w:words"], planes["w:index"],
                             np.frombuffer(__import__("zstandard").decompress(planes["w:tables"].tobytes()), np.uint16),
-                            LAYOUTS[name], data.size // t.element_size(), SMALL)
+                            Layout.from_json(meta["layout"]), data.size // t.element_size(), SMALL)
         back = torch.from_numpy(codec.decode(enc).view(np.uint8).copy()).view(dtype).reshape(shape)
         ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()]
         assert torch.equal(back.view(ints), t.view(ints))

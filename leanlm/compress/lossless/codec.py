@@ -7,7 +7,13 @@ smallest: CONST (one value, no words), RAW (bit-packed) or RANS (coded with a pe
 An encoded array is four numpy arrays: ``words`` (uint32, every chunk's field data back to back),
 ``index`` (int64, ``(chunks, fields, 4)``: mode, word offset, word count, aux = const value or table
 offset), ``tables`` (uint16: ``lo, count, freq[count]`` per RANS entry) and the layout. Chunks decode
-independently, so decoding runs on as many threads as asked (numba kernels release the GIL).
+independently, so decoding runs on as many threads as asked (numba kernels and the compiled decoder
+release the GIL).
+
+Coders (``CodecConfig.coder``): ``rans64`` (format version 1: 64-bit states, 8 lanes, numba only),
+``rans32`` (version 2, ``max`` mode: 32 lanes of 32-bit states, see ``rans32``) and ``huff`` (version 2,
+``fast`` mode: length-limited canonical Huffman, see ``huffman``). Version-2 chunks decode with the compiled
+decoder (``cext``) when it is available, else with the numba decoders of the same format.
 """
 from __future__ import annotations
 
@@ -17,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...config import require
-from . import rans
+from . import cext, huffman, rans, rans32
 from .layout import Layout
 
-CONST, RAW, RANS = 0, 1, 2
-MODE_NAMES = {CONST: "const", RAW: "raw", RANS: "rans"}
+CONST, RAW, RANS, RANS32, HUFF = 0, 1, 2, 3, 4
+MODE_NAMES = {CONST: "const", RAW: "raw", RANS: "rans", RANS32: "rans32", HUFF: "huff"}
+CODERS = {"rans64": RANS, "rans32": RANS32, "huff": HUFF}
 TABLE_BYTES_FACTOR = 0.6   # tables are zstd-compressed in the container; estimate for mode choice
 ERR_MODE, ERR_RANGE = 5, 6
 
@@ -36,11 +43,13 @@ class CodecConfig:
     prob_bits: int = 14           # rANS frequency precision (lookup table of 2**prob_bits entries)
     min_gain: float = 0.02        # code a field chunk only if that saves this fraction of its raw size
                                   # (a near-uniform field costs decode time for almost no bytes)
+    coder: str = "rans32"         # rans32 (max), huff (fast), rans64 (format version 1)
 
     def __post_init__(self) -> None:
         require(1 << 10 <= self.chunk_values <= 1 << 24, f"chunk_values {self.chunk_values} not in [2^10, 2^24]")
         require(8 <= self.prob_bits <= 15, f"prob_bits {self.prob_bits} not in [8, 15]")
         require(0.0 <= self.min_gain < 0.5, f"min_gain {self.min_gain} not in [0, 0.5)")
+        require(self.coder in CODERS, f"coder {self.coder!r} not one of {sorted(CODERS)}")
 
 
 @dataclass
@@ -61,28 +70,40 @@ class Encoded:
         return {name: int((modes == m).sum()) for m, name in MODE_NAMES.items()}
 
 
-def _encode_field(vals: np.ndarray, bits: int, prob_bits: int, min_gain: float):
+def _encode_field(vals: np.ndarray, bits: int, cfg: CodecConfig):
     """(mode, words, aux, table) for one chunk's field values (uint32, each < 2**bits)."""
     counts = np.bincount(vals, minlength=1 << bits)
     used = np.flatnonzero(counts)
     if used.size == 1:
         return CONST, None, int(used[0]), None
     raw_words = (vals.size * bits + 31) // 32
-    if used.size <= (1 << prob_bits):
-        freq = rans.normalize_freqs(counts, prob_bits)
-        lo, hi = int(used[0]), int(used[-1])
-        table_words = (hi - lo + 3) / 2 * TABLE_BYTES_FACTOR
-        est = rans.coded_bits(counts, freq, prob_bits) / 32 + 2 * rans.LANES + table_words
-        if est < raw_words * (1 - min_gain):
-            words = rans.encode(vals, freq.astype(np.uint32), prob_bits)
+    lo, hi = int(used[0]), int(used[-1])
+    table_words = (hi - lo + 3) / 2 * TABLE_BYTES_FACTOR
+    limit = raw_words * (1 - cfg.min_gain)
+    if cfg.coder == "huff":
+        if used.size <= 1 << huffman.MAX_LEN:
+            lens = huffman.code_lengths(counts)
+            est = huffman.coded_bits(counts, lens) / 32 + huffman.STREAMS * 4 + table_words
+            if est < limit:
+                words = huffman.encode(vals, huffman.canonical_codes(lens), lens)
+                table = np.concatenate([[lo, hi - lo + 1], lens[lo:hi + 1]]).astype(np.uint16)
+                return HUFF, words, 0, table
+        return RAW, rans.pack_bits(vals, bits), 0, None
+    if used.size < (1 << cfg.prob_bits):
+        freq = rans.normalize_freqs(counts, cfg.prob_bits)
+        fixed = 2 * rans.LANES if cfg.coder == "rans64" else rans32.STATE_WORDS
+        est = rans.coded_bits(counts, freq, cfg.prob_bits) / 32 + fixed + table_words
+        if est < limit:
+            coder = rans.encode if cfg.coder == "rans64" else rans32.encode
+            words = coder(vals, freq.astype(np.uint32), cfg.prob_bits)
             table = np.concatenate([[lo, hi - lo + 1], freq[lo:hi + 1]]).astype(np.uint16)
-            if words.size + table_words < raw_words * (1 - min_gain):
-                return RANS, words, 0, table
+            if words.size + table_words < limit:
+                return CODERS[cfg.coder], words, 0, table
     return RAW, rans.pack_bits(vals, bits), 0, None
 
 
 def _encode_chunk(chunk: np.ndarray, layout: Layout, cfg: CodecConfig):
-    return [_encode_field(layout.symbols(chunk, f), bits, cfg.prob_bits, cfg.min_gain)
+    return [_encode_field(layout.symbols(chunk, f), bits, cfg)
             for f, bits in enumerate(layout.field_bits())]
 
 
@@ -118,7 +139,7 @@ def encode(values: np.ndarray, layout: Layout, config: CodecConfig = CodecConfig
 
 def _decode_chunk(c: int, enc: Encoded, patt: np.ndarray, bits: list[int], out: np.ndarray,
                   lut: np.ndarray) -> tuple[int, int]:
-    """Decode chunk ``c`` into ``out`` (its slice); returns (error code, field). Kernels release the GIL.
+    """Decode chunk ``c`` into ``out`` (its slice) with the numba kernels; returns (error code, field).
 
     The loop over fields stays in Python on purpose: numba compiles a kernel called from another kernel
     for non-contiguous slices, which measured 2.2x slower than these direct calls."""
@@ -126,13 +147,14 @@ def _decode_chunk(c: int, enc: Encoded, patt: np.ndarray, bits: list[int], out: 
     o = out[c * chunk: (c + 1) * chunk]
     nwords = enc.words.size
     rows = enc.index[c].tolist()
+    pb = enc.config.prob_bits
     if len(rows) == 2 and rows[0][0] == RANS and rows[1][0] == RAW and bits[1] == 4:  # bf16 / fp16 fast path
         (_, off, cnt, aux), (_, off1, cnt1, _) = rows
         if min(off, cnt, off1, cnt1) < 0 or off + cnt > nwords or off1 + cnt1 > nwords:
             return ERR_RANGE, 0
-        err = rans.build_lut(enc.tables, aux, patt[0, :1 << bits[0]], enc.config.prob_bits, lut)
+        err = rans.build_lut(enc.tables, aux, patt[0, :1 << bits[0]], pb, lut)
         if err == 0:
-            err = rans.decode_with_nibbles(enc.words[off:off + cnt], lut, enc.config.prob_bits, o,
+            err = rans.decode_with_nibbles(enc.words[off:off + cnt], lut, pb, o,
                                            enc.words[off1:off1 + cnt1], patt[1, :16])
         return err, 0
     for f, (mode, off, cnt, aux) in enumerate(rows):
@@ -152,9 +174,19 @@ def _decode_chunk(c: int, enc: Encoded, patt: np.ndarray, bits: list[int], out: 
         elif mode == RAW:
             err = rans.unpack_into(w, bits[f], o, p, first)
         elif mode == RANS:
-            err = rans.build_lut(enc.tables, aux, p, enc.config.prob_bits, lut)
+            err = rans.build_lut(enc.tables, aux, p, pb, lut)
             if err == 0:
-                err = rans.decode_into(w, lut, enc.config.prob_bits, o, first)
+                err = rans.decode_into(w, lut, pb, o, first)
+        elif mode == RANS32:
+            lut32, smap = lut[:1 << pb].view(np.uint32)[:1 << pb], np.empty(1 << pb, np.uint32)
+            err = rans32.build_tables(enc.tables, aux, p, pb, lut32, smap)
+            if err == 0:
+                err = rans32.decode_into(w, lut32, smap, pb, o, first)
+        elif mode == HUFF:
+            one = np.zeros(1 << huffman.MAX_LEN, np.uint32)
+            err = huffman.build_table(enc.tables, aux, p.size, one)
+            if err == 0:
+                err = huffman.decode_into(w, one, p, o, first)
         else:
             err = ERR_MODE
         if err:
@@ -162,11 +194,40 @@ def _decode_chunk(c: int, enc: Encoded, patt: np.ndarray, bits: list[int], out: 
     return 0, 0
 
 
-ERROR_TEXT = {**rans.ERROR_TEXT, ERR_MODE: "unknown field mode", ERR_RANGE: "field data out of range"}
+ERR_MEM, ERR_ISA = 7, cext.ERR_ISA
+ERROR_TEXT = {**rans.ERROR_TEXT, ERR_MODE: "unknown field mode", ERR_RANGE: "field data out of range",
+              ERR_MEM: "out of memory", ERR_ISA: "instruction set not supported by this CPU"}
 
 
-def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode to a flat array of ``enc.layout.uint``; raises ``CodecError`` naming the bad chunk/field."""
+def _c_decoder(enc: Encoded, out: np.ndarray, isa: int):
+    """A per-chunk decode function over the compiled library (None when it is unavailable)."""
+    lib = cext.library()
+    if lib is None or enc.config.coder == "rans64":
+        return None
+    layout, chunk = enc.layout, enc.config.chunk_values
+    patt = np.ascontiguousarray(layout.patterns)
+    bits = np.array(layout.field_bits(), np.int32)
+    index = np.ascontiguousarray(enc.index, np.int64)
+    words, tables = np.ascontiguousarray(enc.words), np.ascontiguousarray(enc.tables)
+    width = out.itemsize
+    ptrs = (words.ctypes.data, index.ctypes.data, tables.ctypes.data, patt.ctypes.data, bits.ctypes.data,
+            out.ctypes.data)
+    nf, stride = len(layout.fields), patt.shape[1]
+    keep = (patt, bits, index, words, tables)   # noqa: F841 (alive while the closure is)
+
+    def run(c: int) -> tuple[int, int]:
+        n = min(chunk, enc.count - c * chunk)
+        r = lib.ll_decode_chunk(ptrs[0], words.size, ptrs[1] + c * nf * 32, nf, ptrs[2], tables.size, ptrs[3],
+                                stride, ptrs[4], enc.config.prob_bits, n, ptrs[5] + c * chunk * width, width, isa)
+        _ = keep
+        return int(r & 0xFF), int(r >> 8)
+    return run
+
+
+def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: str | None = None) -> np.ndarray:
+    """Decode to a flat array of ``enc.layout.uint`` (into ``out`` when given: contiguous, that dtype and
+    size); raises ``CodecError`` naming the bad chunk/field. ``isa`` forces the compiled decoder's
+    instruction set (see ``cext``)."""
     layout, cfg = enc.layout, enc.config
     nchunks = -(-enc.count // cfg.chunk_values)
     if enc.index.shape != (nchunks, len(layout.fields), 4):
@@ -174,11 +235,23 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None) -> np.
                          f"{nchunks} chunks of {len(layout.fields)} fields")
     if out is None:
         out = np.empty(enc.count, layout.uint)
+    elif out.dtype != layout.uint or out.size != enc.count or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"decode target must be a writeable contiguous {np.dtype(layout.uint)} array of "
+                         f"{enc.count} values")
+    out = out.reshape(-1)
     patt = layout.patterns
     bits = layout.field_bits()
     status = np.zeros((nchunks, 2), np.int64)
+    code = cext.requested_isa(isa)
+    cfun = _c_decoder(enc, out, code) if enc.count else None
+    if cfun is None and isa not in (None, "best", "scalar") and cfg.coder != "rans64":
+        raise cext.ExtensionUnavailable(f"instruction set {isa!r} needs the compiled decoder, which is unavailable")
 
     def run(chunks) -> None:
+        if cfun is not None:
+            for c in chunks:
+                status[c] = cfun(c)
+            return
         lut = np.empty(1 << cfg.prob_bits, np.uint64)
         for c in chunks:
             status[c] = _decode_chunk(c, enc, patt, bits, out, lut)
@@ -193,5 +266,7 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None) -> np.
     if bad.size:
         c = int(bad[0])
         code, field = (int(x) for x in status[c])
+        if code == ERR_ISA:
+            raise cext.ExtensionUnavailable(f"instruction set {isa!r} is not supported by this CPU")
         raise CodecError(f"chunk {c} field {field} ({layout.fields[field]}): {ERROR_TEXT.get(code, code)}")
     return out

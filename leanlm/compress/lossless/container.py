@@ -21,10 +21,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as st_save
 
 from ...fileio import atomic_write_bytes
-from . import codec
+from . import codec, grid
 from . import format as fmt
 from .codec import CodecConfig, CodecError, Encoded
-from .layout import DTYPE_SIZES, INTEGERS, LAYOUTS, PLAIN, Layout
+from .layout import DTYPE_SIZES, INTEGERS, LAYOUTS, LAYOUTS_V2, PLAIN, Layout
 
 log = logging.getLogger(__name__)
 TABLE_ZSTD_LEVEL = 19
@@ -79,40 +79,89 @@ def _values(data: np.ndarray, layout: Layout) -> np.ndarray:
     return data.view(layout.uint)
 
 
-def _delta_layout(dtype: str, nbytes: int) -> Layout:
+def _float_layouts(coder: str) -> dict[str, Layout]:
+    return LAYOUTS if coder == "rans64" else LAYOUTS_V2["fast" if coder == "huff" else "max"]
+
+
+def _delta_layout(dtype: str, nbytes: int, coder: str) -> Layout:
     if dtype in LAYOUTS:
-        return LAYOUTS[dtype]
+        return _float_layouts(coder)[dtype]
     return PLAIN[32] if nbytes % 4 == 0 else PLAIN[16] if nbytes % 2 == 0 else PLAIN[8]
 
 
+def _coded(enc: Encoded, prefix: str, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metadata fields and planes of one coded array (``prefix`` '' or 'part.')."""
+    cfg = enc.config
+    tables = np.frombuffer(zstandard.ZstdCompressor(level=TABLE_ZSTD_LEVEL).compress(enc.tables.tobytes()), np.uint8)
+    meta = {"layout": enc.layout.to_json(), "chunk_values": cfg.chunk_values, "prob_bits": cfg.prob_bits,
+            "table_words": int(enc.tables.size), "modes": enc.mode_counts()}
+    if cfg.coder != "rans64":
+        meta["coder"] = cfg.coder
+    planes = {fmt.plane_key(name, prefix + "words"): enc.words, fmt.plane_key(name, prefix + "index"): enc.index,
+              fmt.plane_key(name, prefix + "tables"): tables}
+    return meta, planes
+
+
+def _encode_checked(values: np.ndarray, layout: Layout, cfg: CodecConfig, threads: int, verify: bool,
+                    name: str) -> Encoded:
+    enc = codec.encode(values, layout, cfg, threads=threads)
+    if verify and not np.array_equal(codec.decode(enc, threads=threads), values):
+        raise CodecError(f"tensor '{name}': encoder self-check failed (decoded values differ)")
+    return enc
+
+
+def _nbytes(planes: dict[str, np.ndarray]) -> int:
+    return sum(p.nbytes for p in planes.values())
+
+
+def _grid_planes(span: TensorSpan, values: np.ndarray, cfg: CodecConfig, threads: int, verify: bool):
+    """(meta, planes) of the grid coding of a bf16 tensor, or None when it lies on no grid."""
+    g = grid.detect(values)
+    if g is None:
+        return None
+    u8, f16 = INTEGERS["U8"], _float_layouts(cfg.coder)["F16"]
+    parts = {"codes": (g.codes, u8), "d": (g.d, f16)}
+    if g.m is not None:
+        parts["m"] = (g.m, f16)
+    meta, planes = {"codec": fmt.GRID, "grid": g.kind, "parts": {}}, {}
+    for part, (arr, layout) in parts.items():
+        pm, pp = _coded(_encode_checked(arr, layout, cfg, threads, verify, span.name), part + ".", span.name)
+        meta["parts"][part] = pm
+        planes.update(pp)
+    planes[fmt.plane_key(span.name, "exc_blocks")] = g.exc_blocks
+    planes[fmt.plane_key(span.name, "exc_values")] = g.exc_values.reshape(-1)
+    return meta, planes
+
+
 def encode_tensor(span: TensorSpan, data: np.ndarray, cfg: CodecConfig, threads: int = 1,
-                  parent: np.ndarray | None = None, verify: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metadata and planes for one tensor's bytes ``data`` (uint8). With ``parent`` (same size): XOR delta."""
+                  parent: np.ndarray | None = None, verify: bool = True,
+                  grids: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metadata and planes for one tensor's bytes ``data`` (uint8). With ``parent`` (same size): XOR delta.
+    With ``grids``, a bf16 tensor on per-block affine grids is stored as codes + block parameters when
+    that is smaller than float coding."""
     meta = {"dtype": span.dtype, "shape": list(span.shape), "offsets": [span.begin, span.end], "sha256": _sha(data)}
     if data.size == 0:
         return {**meta, "codec": fmt.EMPTY}, {}
-    layout = _delta_layout(span.dtype, data.size) if parent is not None else \
-        LAYOUTS.get(span.dtype, INTEGERS.get(span.dtype))
+    layout = _delta_layout(span.dtype, data.size, cfg.coder) if parent is not None else \
+        _float_layouts(cfg.coder).get(span.dtype, INTEGERS.get(span.dtype))
     if layout is None or data.size % (layout.width // 8):
         return {**meta, "codec": fmt.RAW}, {fmt.plane_key(span.name, "raw"): np.ascontiguousarray(data)}
     values = _values(data, layout)
     if parent is not None:
         meta.update(parent_sha256=_sha(parent))
         values = values ^ _values(parent, layout)
-    enc = codec.encode(values, layout, cfg, threads=threads)
-    if verify and not np.array_equal(codec.decode(enc, threads=threads), values):
-        raise CodecError(f"tensor '{span.name}': encoder self-check failed (decoded values differ)")
-    tables = np.frombuffer(zstandard.ZstdCompressor(level=TABLE_ZSTD_LEVEL).compress(enc.tables.tobytes()), np.uint8)
-    meta.update(codec=fmt.XOR if parent is not None else fmt.RANS, layout=layout.to_json(),
-                chunk_values=cfg.chunk_values, prob_bits=cfg.prob_bits, table_words=int(enc.tables.size),
-                modes=enc.mode_counts())
-    planes = {fmt.plane_key(span.name, "words"): enc.words, fmt.plane_key(span.name, "index"): enc.index,
-              fmt.plane_key(span.name, "tables"): tables}
-    return meta, planes
+    enc = _encode_checked(values, layout, cfg, threads, verify, span.name)
+    fmeta, planes = _coded(enc, "", span.name)
+    if grids and parent is None and span.dtype == "BF16" and cfg.coder != "rans64":
+        got = _grid_planes(span, values, cfg, threads, verify)
+        if got is not None and _nbytes(got[1]) < _nbytes(planes):
+            return {**meta, **got[0]}, got[1]
+    return {**meta, "codec": fmt.XOR if parent is not None else fmt.RANS, **fmeta}, planes
 
 
 def write_container(src: Path, dst: Path, rel: str, cfg: CodecConfig, threads: int = 1,
-                    parent_of: Callable[[TensorSpan], np.ndarray | None] | None = None) -> dict:
+                    parent_of: Callable[[TensorSpan], np.ndarray | None] | None = None,
+                    grids: bool = True) -> dict:
     """Encode safetensors file ``src`` into container ``dst``. Returns per-file statistics."""
     parsed = parse_safetensors(src)
     if parsed is None:
@@ -124,7 +173,7 @@ def write_container(src: Path, dst: Path, rel: str, cfg: CodecConfig, threads: i
     for s in spans:
         data = np.asarray(mm[base + s.begin: base + s.end])
         parent = parent_of(s) if parent_of else None
-        metas[s.name], p = encode_tensor(s, data, cfg, threads, parent)
+        metas[s.name], p = encode_tensor(s, data, cfg, threads, parent, grids=grids)
         planes.update(p)
     blob = st_save(planes, metadata=fmt.container_meta(rel, header, metas))
     atomic_write_bytes(dst, blob)
@@ -172,12 +221,12 @@ class ContainerReader:
             raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' has dtype {arr.dtype}, not {np.dtype(dtype)}")
         return arr.ravel() if plane != "index" else arr
 
-    def _encoded(self, name: str, meta: dict, count: int) -> Encoded:
+    def _encoded(self, name: str, meta: dict, count: int, part: str = "") -> Encoded:
         layout, cfg = meta["_layout"], meta["_config"]
         need = count * layout.width // 8
         if need > psutil.virtual_memory().available:
             raise ContainerError(f"{self.path}: tensor '{name}' claims {need} bytes, more than the memory available")
-        words, index = self._plane(name, "words", np.uint32), self._plane(name, "index", np.int64)
+        words, index = self._plane(name, part + "words", np.uint32), self._plane(name, part + "index", np.int64)
         nchunks = -(-count // cfg.chunk_values)
         if index.shape != (nchunks, len(layout.fields), 4):
             raise ContainerError(f"{self.path}: tensor '{name}': index shape {index.shape} does not fit its size")
@@ -185,7 +234,7 @@ class ContainerReader:
         if not isinstance(tw, int) or not 0 <= tw <= index.shape[0] * index.shape[1] * ((1 << 16) + 2):
             raise ContainerError(f"{self.path}: tensor '{name}': invalid table size {tw!r}")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(self._plane(name, "tables", np.uint8).tobytes(),
+            raw = zstandard.ZstdDecompressor().decompress(self._plane(name, part + "tables", np.uint8).tobytes(),
                                                           max_output_size=2 * tw)
         except zstandard.ZstdError as e:
             raise ContainerError(f"{self.path}: tensor '{name}': frequency tables corrupt ({e})") from e
@@ -200,37 +249,68 @@ class ContainerReader:
             return None
         return self._encoded(name, meta, (meta["offsets"][1] - meta["offsets"][0]) // (meta["_layout"].width // 8))
 
-    def decode(self, name: str, parent: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-        """The original bytes (uint8) of tensor ``name``, sha256-checked. XOR deltas need ``parent``."""
+    def _grid(self, name: str, meta: dict, nbytes: int, threads: int, isa: str | None) -> np.ndarray:
+        count = nbytes // 2
+        nb = count // grid.BLOCK
+        if count % grid.BLOCK:
+            raise ContainerError(f"{self.path}: tensor '{name}': {count} values are not whole grid blocks")
+        sizes = {"codes": count, "d": nb, "m": nb}
+        arrays = {}
+        for part, pm in meta["parts"].items():
+            enc = self._encoded(name, pm, sizes[part], part + ".")
+            want = np.uint8 if part == "codes" else np.uint16
+            if pm["_layout"].uint is not want:
+                raise ContainerError(f"{self.path}: tensor '{name}': grid part '{part}' has the wrong layout")
+            arrays[part] = codec.decode(enc, threads=threads, isa=isa)
+        exc = self._plane(name, "exc_blocks", np.int64)
+        vals = self._plane(name, "exc_values", np.uint16)
+        if vals.size != exc.size * grid.BLOCK or (exc.size and (exc.min() < 0 or exc.max() >= nb)):
+            raise ContainerError(f"{self.path}: tensor '{name}': grid exception blocks out of range")
+        g = grid.Grid(meta["grid"], arrays["codes"], arrays["d"], arrays.get("m"), exc,
+                      vals.reshape(-1, grid.BLOCK))
+        return grid.reconstruct(g).view(np.uint8)
+
+    def decode(self, name: str, parent: np.ndarray | None = None, threads: int = 1,
+               out: np.ndarray | None = None, isa: str | None = None) -> np.ndarray:
+        """The original bytes (uint8) of tensor ``name``, sha256-checked. XOR deltas need ``parent``.
+        ``out`` (uint8, the tensor's size): decode straight into it (float-coded tensors)."""
         if name not in self.tensors:
             raise ContainerError(f"{self.path}: no tensor '{name}'")
         meta = self.tensors[name]
         nbytes = meta["offsets"][1] - meta["offsets"][0]
+        if out is not None and (out.dtype != np.uint8 or out.size != nbytes):
+            raise ValueError(f"tensor '{name}': decode target must be {nbytes} uint8")
         c = meta["codec"]
-        if c == fmt.EMPTY:
-            out = np.zeros(0, np.uint8)
-        elif c == fmt.RAW:
-            out = self._plane(name, "raw", np.uint8)
-            if out.size != nbytes:
-                raise ContainerError(f"{self.path}: tensor '{name}': raw plane has {out.size} bytes, not {nbytes}")
-        else:
-            layout = meta["_layout"]
-            enc = self._encoded(name, meta, nbytes // (layout.width // 8))
-            try:
-                values = codec.decode(enc, threads=threads)
-            except CodecError as e:
-                raise ContainerError(f"{self.path}: tensor '{name}': {e}") from e
-            if c == fmt.XOR:
-                if parent is None or parent.size != nbytes:
-                    raise ContainerError(f"{self.path}: tensor '{name}' is a delta and needs its parent tensor")
-                if _sha(parent) != meta["parent_sha256"]:
-                    raise ContainerError(f"tensor '{name}': wrong parent (its checksum differs from the one "
-                                         f"this delta was made against)")
-                values ^= parent.view(layout.uint)
-            out = values.view(np.uint8)
-        if _sha(out) != meta["sha256"]:
+        try:
+            if c == fmt.EMPTY:
+                res = np.zeros(0, np.uint8)
+            elif c == fmt.RAW:
+                res = self._plane(name, "raw", np.uint8)
+                if res.size != nbytes:
+                    raise ContainerError(f"{self.path}: tensor '{name}': raw plane has {res.size} bytes, not {nbytes}")
+            elif c == fmt.GRID:
+                res = self._grid(name, meta, nbytes, threads, isa)
+            else:
+                layout = meta["_layout"]
+                enc = self._encoded(name, meta, nbytes // (layout.width // 8))
+                target = out.view(layout.uint) if out is not None and c == fmt.RANS else None
+                values = codec.decode(enc, threads=threads, out=target, isa=isa)
+                if c == fmt.XOR:
+                    if parent is None or parent.size != nbytes:
+                        raise ContainerError(f"{self.path}: tensor '{name}' is a delta and needs its parent tensor")
+                    if _sha(parent) != meta["parent_sha256"]:
+                        raise ContainerError(f"tensor '{name}': wrong parent (its checksum differs from the one "
+                                             f"this delta was made against)")
+                    values ^= parent.view(layout.uint)
+                res = values.view(np.uint8)
+        except CodecError as e:
+            raise ContainerError(f"{self.path}: tensor '{name}': {e}") from e
+        if _sha(res) != meta["sha256"]:
             raise ContainerError(f"{self.path}: tensor '{name}': checksum mismatch after decoding (corrupt data)")
-        return out
+        if out is not None and res.ctypes.data != out.ctypes.data:
+            out[:] = res
+            return out
+        return res
 
     def rebuild(self, sink: BinaryIO, parent_of: Callable[[str], np.ndarray | None] | None = None,
                 threads: int = 1) -> None:

@@ -9,10 +9,18 @@ An output directory holds:
 * ``data/<path minus .safetensors>.lossless.safetensors`` - a container per original safetensors file: an
   ordinary safetensors file (inspect it with any safetensors reader) whose tensors are the coded planes of
   each original tensor, named ``<tensor>:words`` (uint32 coded words), ``<tensor>:index`` (int64 chunk index),
-  ``<tensor>:tables`` (uint8, zstd-compressed uint16 frequency tables) and ``<tensor>:raw`` (uint8, dtypes
-  passed through). Its ``__metadata__`` holds ``CONTAINER_KEY`` -> JSON: magic, format version, the original
-  file's header bytes (base64, so the file is rebuilt byte for byte) and per tensor: dtype, shape, byte
-  range in the original data section, sha256 of the original bytes, and the codec with its parameters.
+  ``<tensor>:tables`` (uint8, zstd-compressed uint16 frequency / code-length tables) and ``<tensor>:raw``
+  (uint8, dtypes passed through). Its ``__metadata__`` holds ``CONTAINER_KEY`` -> JSON: magic, format
+  version, the original file's header bytes (base64, so the file is rebuilt byte for byte) and per tensor:
+  dtype, shape, byte range in the original data section, sha256 of the original bytes, and the codec with
+  its parameters.
+
+Version 2 (written now; version 1 still reads): the tensor entries gain ``coder`` (``rans32`` for mode
+``max``, ``huff`` for ``fast``; absent = version 1's ``rans64``), and a codec ``grid`` (a bf16 tensor on
+per-block affine grids, see ``grid``): parts ``codes``, ``d`` and ``m`` each coded like a tensor, with
+planes ``<tensor>:<part>.words`` / ``.index`` / ``.tables`` and their own entry under ``parts``, plus
+``<tensor>:exc_blocks`` (int64) and ``<tensor>:exc_values`` (uint16, 32 per block) for blocks that fit no
+grid. The container document is stored zstd-compressed: ``{"magic", "format_version", "zdoc": base64}``.
 """
 from __future__ import annotations
 
@@ -21,11 +29,14 @@ import json
 import math
 from pathlib import PurePosixPath
 
+import zstandard
+
 from .codec import CodecConfig
 from .layout import DTYPE_SIZES, Layout
 
 FORMAT = "leanlm.lossless"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAGIC = "LEANLM-LOSSLESS"
 CONTAINER_KEY = "leanlm.lossless"
 MANIFEST = "leanlm.json"
@@ -37,7 +48,10 @@ RANS = "rans"        # field-split rANS (layout per dtype)
 XOR = "xor-rans"     # delta: XOR with the parent tensor's bits, then field-split rANS
 RAW = "raw"          # stored as is (dtypes without a float layout)
 EMPTY = "empty"      # zero elements
-CODECS = (RANS, XOR, RAW, EMPTY)
+GRID = "grid"        # bf16 on per-block affine grids: codes + block parameters (version 2)
+CODECS = (RANS, XOR, RAW, EMPTY, GRID)
+CODERS = ("rans64", "rans32", "huff")
+GRID_PARTS = {"q4_1": ("codes", "d", "m"), "q8_0": ("codes", "d")}
 PLANES = ("words", "index", "tables", "raw")
 
 # Bounds that keep a lying header from asking for unbounded work or memory.
@@ -88,8 +102,10 @@ def decode_header(text: object, where: str) -> bytes:
 
 
 def container_meta(rel: str, header: bytes, tensors: dict[str, dict]) -> dict[str, str]:
-    doc = {"magic": MAGIC, "format_version": FORMAT_VERSION, "file": rel,
-           "original_header": encode_header(header), "tensors": tensors}
+    body = json.dumps({"file": rel, "original_header": encode_header(header), "tensors": tensors},
+                      separators=(",", ":")).encode()
+    doc = {"magic": MAGIC, "format_version": FORMAT_VERSION,
+           "zdoc": base64.b64encode(zstandard.ZstdCompressor(level=19, write_checksum=True).compress(body)).decode("ascii")}
     return {CONTAINER_KEY: json.dumps(doc, separators=(",", ":"))}
 
 
@@ -103,12 +119,36 @@ def parse_container_meta(metadata: dict | None, where: str) -> dict:
         raise FormatError(f"{where}: container metadata is not valid JSON ({e})") from e
     if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
         raise FormatError(f"{where}: bad magic {doc.get('magic') if isinstance(doc, dict) else doc!r}")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{where}: format version {doc.get('format_version')} is not {FORMAT_VERSION} "
-                          f"(written by another leanlm version)")
+    if doc.get("format_version") not in READABLE_VERSIONS:
+        raise FormatError(f"{where}: format version {doc.get('format_version')} is not one this leanlm reads "
+                          f"{READABLE_VERSIONS} (written by another leanlm version)")
+    if "zdoc" in doc:
+        try:
+            body = zstandard.ZstdDecompressor().decompress(base64.b64decode(doc["zdoc"], validate=True),
+                                                           max_output_size=4 * MAX_HEADER_BYTES)
+            doc.update(json.loads(body))
+        except (ValueError, TypeError, zstandard.ZstdError, json.JSONDecodeError) as e:
+            raise FormatError(f"{where}: compressed container document is corrupt ({e})") from e
     if not isinstance(doc.get("tensors"), dict):
         raise FormatError(f"{where}: container lists no tensors")
     return doc
+
+
+def doc_version(meta: dict) -> int:
+    return 2 if "coder" in meta else 1
+
+
+def coded_meta(meta: dict, what: str, version: int) -> dict:
+    """Parse a coded entry's layout and codec parameters into ``_layout`` / ``_config``."""
+    try:
+        coder = meta.get("coder", "rans64") if version >= 2 else "rans64"
+        if coder not in CODERS:
+            raise ValueError(f"unknown coder {coder!r}")
+        meta["_layout"] = Layout.from_json(meta["layout"])
+        meta["_config"] = CodecConfig(chunk_values=meta["chunk_values"], prob_bits=meta["prob_bits"], coder=coder)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{what}: invalid codec parameters ({e})") from e
+    return meta
 
 
 def check_tensor_meta(name: str, meta: object, where: str) -> dict:
@@ -135,13 +175,18 @@ def check_tensor_meta(name: str, meta: object, where: str) -> dict:
     if codec not in CODECS or (codec == EMPTY) != (nbytes == 0):
         raise FormatError(f"{what}: codec {codec!r} does not fit {nbytes} bytes")
     if codec in (RANS, XOR):
-        try:
-            meta["_layout"] = Layout.from_json(meta["layout"])
-            meta["_config"] = CodecConfig(chunk_values=meta["chunk_values"], prob_bits=meta["prob_bits"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FormatError(f"{what}: invalid codec parameters ({e})") from e
+        coded_meta(meta, what, doc_version(meta))
         if nbytes % (meta["_layout"].width // 8):
             raise FormatError(f"{what}: {nbytes} bytes is not a whole number of {meta['_layout'].width}-bit values")
+    if codec == GRID:
+        kind = meta.get("grid")
+        parts = meta.get("parts")
+        if dtype != "BF16" or kind not in GRID_PARTS or not isinstance(parts, dict) or set(parts) != set(GRID_PARTS[kind]):
+            raise FormatError(f"{what}: invalid grid entry (kind {kind!r})")
+        for part in parts.values():
+            if not isinstance(part, dict):
+                raise FormatError(f"{what}: invalid grid part")
+            coded_meta(part, what, 2)
     if codec == XOR and not (isinstance(meta.get("parent_sha256"), str) and len(meta["parent_sha256"]) == 64):
         raise FormatError(f"{what}: delta entry lacks the parent tensor's sha256")
     return meta

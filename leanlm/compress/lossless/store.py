@@ -28,19 +28,26 @@ log = logging.getLogger(__name__)
 SKIP_DIRS = {"__pycache__", ".git"}
 
 
+MODE_CODERS = {"max": "rans32", "fast": "huff"}
+
+
 @dataclass(frozen=True)
 class LosslessConfig:
+    mode: str = "max"             # max: rANS (best ratio); fast: Huffman lookup tables (fastest decode)
     chunk_values: int = 1 << 18   # values per independently decodable chunk
     prob_bits: int = 14           # rANS frequency precision
     min_gain: float = 0.02        # code a field chunk only when that saves this fraction of its raw size
     threads: int = 0              # encode/decode threads (0 = all cores)
+    grids: bool = True            # store bf16 tensors on per-block affine grids as codes + block parameters
 
     def __post_init__(self) -> None:
+        require(self.mode in MODE_CODERS, f"mode {self.mode!r} not one of {sorted(MODE_CODERS)}")
         self.codec()  # validates chunk_values / prob_bits / min_gain
         require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
 
     def codec(self) -> CodecConfig:
-        return CodecConfig(chunk_values=self.chunk_values, prob_bits=self.prob_bits, min_gain=self.min_gain)
+        return CodecConfig(chunk_values=self.chunk_values, prob_bits=self.prob_bits, min_gain=self.min_gain,
+                           coder=MODE_CODERS[self.mode])
 
     def n_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
@@ -69,8 +76,9 @@ def read_manifest(path: Path, kind: str | None = None) -> dict:
         raise fmt.FormatError(f"{mpath}: cannot read the manifest ({e})") from e
     if not isinstance(doc, dict) or doc.get("format") != fmt.FORMAT:
         raise fmt.FormatError(f"{mpath}: not a {fmt.FORMAT} directory (format {doc.get('format') if isinstance(doc, dict) else None!r})")
-    if doc.get("format_version") != fmt.FORMAT_VERSION:
-        raise fmt.FormatError(f"{mpath}: format version {doc.get('format_version')} is not {fmt.FORMAT_VERSION}")
+    if doc.get("format_version") not in fmt.READABLE_VERSIONS:
+        raise fmt.FormatError(f"{mpath}: format version {doc.get('format_version')} is not one this leanlm "
+                              f"reads {fmt.READABLE_VERSIONS} (written by another leanlm version)")
     if kind and doc.get("kind") != kind:
         raise fmt.FormatError(f"{mpath}: holds a '{doc.get('kind')}' artifact, not a '{kind}'")
     files = doc.get("files")
@@ -96,7 +104,7 @@ def build(src: Path, out: Path, cfg: LosslessConfig, overwrite: bool, kind: str 
             entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)}
             if rel.endswith(".safetensors") and parse_safetensors(path) is not None:
                 stats = write_container(path, tmp / fmt.container_path(rel), rel, cfg.codec(), cfg.n_threads(),
-                                        parent_tensor)
+                                        parent_tensor, grids=cfg.grids)
                 entry.update(store="safetensors", container=fmt.container_path(rel), **stats)
             elif parent_file is not None and parent_file(rel, entry["sha256"]):
                 entry.update(store="parent", stored_bytes=0)

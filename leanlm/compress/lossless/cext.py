@@ -1,0 +1,122 @@
+"""The compiled decoder (``kernels.c``): built on first use with the system C compiler, loaded with ctypes.
+
+The shared library is cached under ``<leanlm cache>/ext/`` keyed by the source's hash, written atomically
+(several processes may build at once). ctypes releases the GIL during each call, so chunks decode on
+parallel threads. When no compiler is present, the build fails, or ``LEANLM_NO_CEXT=1``, ``library()``
+returns None and the codec falls back to its numba decoders (same format, same checks, slower).
+
+Instruction set: the library picks the best one at run time (``__builtin_cpu_supports``);
+``LEANLM_LOSSLESS_ISA`` (``best``, ``scalar``, ``avx2``, ``avx512``) or the ``isa`` argument of
+``codec.decode`` forces one (tests force each); forcing one the CPU lacks is an error, never a crash.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-strict-aliasing")
+ABI_VERSION = 2
+ISAS = {"best": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+ISA_NAMES = {v: k for k, v in ISAS.items()}
+ERR_ISA = 8
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The compiled decoder cannot be used here (no compiler, disabled, or the CPU lacks a forced ISA)."""
+
+
+def _cache_dir() -> Path:
+    from ...models.specs import cache_dir
+
+    return cache_dir() / "ext"
+
+
+def compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "gcc", "cc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``kernels.c`` into the cache (once per source version); returns the library's path."""
+    cc = compiler()
+    if cc is None:
+        raise ExtensionUnavailable("no C compiler found (set CC, or install gcc)")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + cc.encode()).hexdigest()[:16]
+    out = _cache_dir() / f"kernels-{key}.so"
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise ExtensionUnavailable(f"{cc} failed to build {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("built the lossless decoder %s", out)
+    return out
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.ll_decode_chunk.argtypes = [p, i64, p, i32, p, i64, p, i64, p, i32, i64, p, i32, i32]
+    lib.ll_decode_chunk.restype = i64
+    lib.ll_cpu_isa.restype = i32
+    lib.ll_abi_version.restype = i32
+    if lib.ll_abi_version() != ABI_VERSION:
+        raise ExtensionUnavailable(f"decoder library ABI {lib.ll_abi_version()} is not {ABI_VERSION}")
+    return lib
+
+
+@lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("LEANLM_NO_CEXT", "") not in ("", "0"):
+        return None
+    try:
+        return _bind(ctypes.CDLL(str(build())))
+    except (ExtensionUnavailable, OSError, subprocess.SubprocessError) as e:
+        log.warning("compiled lossless decoder unavailable (%s); using the numba decoder", e)
+        return None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded decoder library, or None (then the numba fallback decodes). ``LEANLM_NO_CEXT=1`` turns it
+    off (checked on every call, so tests can switch)."""
+    if os.environ.get("LEANLM_NO_CEXT", "") not in ("", "0"):
+        return None
+    return _load()
+
+
+def cpu_isa() -> str:
+    """The best instruction set this CPU runs the decoder with ('scalar' without the library)."""
+    lib = library()
+    return ISA_NAMES[lib.ll_cpu_isa()] if lib is not None else "scalar"
+
+
+def requested_isa(isa: str | None = None) -> int:
+    """The ISA code to decode with: the argument, else ``LEANLM_LOSSLESS_ISA``, else best."""
+    name = (isa or os.environ.get("LEANLM_LOSSLESS_ISA") or "best").lower()
+    if name not in ISAS:
+        raise ValueError(f"unknown instruction set {name!r}; choose one of {sorted(ISAS)}")
+    return ISAS[name]
+
+
+def supports(isa: str) -> bool:
+    lib = library()
+    return lib is not None and ISAS[isa] <= lib.ll_cpu_isa()

@@ -51,7 +51,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from .compress.lossless.api import decompress_model
     from .report.tables import render_mapping
 
-    doc = decompress_model(args.path, args.output, force=args.force)
+    doc = decompress_model(args.path, args.output, force=args.force, threads=args.threads or 0)
     render_mapping("decompress", doc)
     _write_json(args.json, doc)
     return 0
@@ -61,7 +61,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .compress.lossless.api import verify_model
     from .report.tables import render_mapping
 
-    doc = verify_model(args.path, against=args.against)
+    doc = verify_model(args.path, against=args.against, threads=args.threads or 0)
     render_mapping("verify", doc)
     _write_json(args.json, doc)
     return 0 if doc.get("ok") else 1
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--remove", type=float, default=None, help="fraction of parameters to remove (low-rank)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--mode", choices=["max", "fast"], default=None,
+                   help="lossless: max (rANS, best ratio, default) or fast (Huffman, fastest decode)")
+    c.add_argument("--threads", type=int, default=None, help="lossless: encode threads (default: all cores)")
     c.add_argument("--config", metavar="JSON", help="JSON file of the method's config fields (svd, lowrank, "
                    "tt-embed, combined: step order and budgets)")
     c.add_argument("--json", metavar="OUT")
@@ -121,12 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("path")
     d.add_argument("-o", "--output", required=True)
     d.add_argument("--force", action="store_true")
+    d.add_argument("--threads", type=int, default=None, help="decode threads (default: all cores)")
     d.add_argument("--json", metavar="OUT")
     d.set_defaults(func=cmd_decompress)
 
     v = sub.add_parser("verify", help="re-check every checksum of a compressed model")
     v.add_argument("path")
     v.add_argument("--against", help="also compare every tensor with this original spec")
+    v.add_argument("--threads", type=int, default=None, help="decode threads (default: all cores)")
     v.add_argument("--json", metavar="OUT")
     v.set_defaults(func=cmd_verify)
     _register_verbs(sub)

@@ -31,7 +31,7 @@ def calibration_for(tok, cfg: QuantConfig) -> torch.Tensor | None:
     """The calibration windows ``cfg`` asks for (None for methods that do not calibrate)."""
     if not cfg.calibrated:
         return None
-    return calibration_ids(tok, cfg.calib_n, cfg.calib_seq_len, cfg.calib_seed)
+    return calibration_ids(tok, cfg.calib_n, cfg.calib_seq_len, cfg.calib_seed, corpus=cfg.calib_corpus)
 
 
 def calibration_summary(model) -> dict:

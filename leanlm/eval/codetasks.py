@@ -101,19 +101,23 @@ def _draw_inputs(fam: CodeFamily, rng: random.Random, level: int, params: dict, 
     return out
 
 
-def make_problem(fam: CodeFamily, level: int, rng: random.Random, split: str, index: int,
-                 extra: list[tuple] = (), origin: str = "") -> CodeProblem:
-    """One problem of ``fam`` at ``level`` from ``rng``; ``extra`` inputs join the hidden tests."""
-    params = fam.params(rng, level)
+def make_problem(fam: CodeFamily, level: int, rng: random.Random, split: str, index: int, params: dict | None = None,
+                 show: list[tuple] | None = None, origin: str = "") -> CodeProblem:
+    """One problem of ``fam`` at ``level`` from ``rng``. ``params`` fixes the constants (default: drawn) and
+    ``show`` the inputs of the docstring examples (default: drawn); the hidden tests are always fresh
+    inputs plus the family's edge cases."""
+    params = fam.params(rng, level) if params is None else params
     lv = fam.levels[level]
     spec = rng.choice(lv.heldout if split == HELDOUT else lv.train).format(**params)
     reference = f"def {fam.fn}({fam.signature}:\n" + Template(lv.body).substitute(params)
     ref = reference_function(reference, fam.fn)
     drawn = _draw_inputs(fam, rng, level, params, N_VISIBLE + N_HIDDEN)
-    vis_in, hid_in = drawn[:N_VISIBLE], drawn[N_VISIBLE:]
-    shown = {repr(a) for a in vis_in}
-    for a in [*fam.edges(level, params), *extra]:
-        if repr(a) not in shown and repr(a) not in {repr(h) for h in hid_in}:
+    vis_in = list(show) if show else drawn[:N_VISIBLE]
+    hid_in = [a for a in (drawn if show else drawn[N_VISIBLE:]) if repr(a) not in {repr(v) for v in vis_in}]
+    seen = {repr(a) for a in vis_in + hid_in}
+    for a in fam.edges(level, params):
+        if repr(a) not in seen:
+            seen.add(repr(a))
             hid_in.append(a)
 
     def case(args):

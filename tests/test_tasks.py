@@ -73,3 +73,54 @@ def test_parse_skill_errors():
         parse_skill("add")
     with pytest.raises(ValueError):
         parse_skill("add:0")
+
+
+# ------------------------------------------------------------------ issue 19: shifted held-out, addmix
+from leanlm.eval.shifted import all_carry_pair, number_words  # noqa: E402
+from leanlm.eval.tasks import SHIFTED, check_strict  # noqa: E402
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_shifted_wordings_are_six_or_more_and_never_trained_or_heldout(family):
+    t = FAMILIES[family].templates
+    assert len(t[SHIFTED]) >= 6 and not set(t[SHIFTED]) & (set(t[TRAIN]) | set(t[HELDOUT]))
+    problems = problem_set(family, 3, 60, SHIFTED)
+    rendered = {re.sub(r"\d[\d,]*", "N", p.question) for p in problems}
+    trained = {re.sub(r"\d[\d,]*", "N", problem(family, 3, TRAIN, i).question) for i in range(300)}
+    assert not rendered & trained                               # no shifted question reads like a training one
+    for p in problems:
+        assert check(p, p.answer) and check_strict(p, p.answer)
+
+
+def test_shifted_addition_mixes_lengths_and_carries_everywhere():
+    ps = problem_set("add", 3, 300, SHIFTED)
+    ops = [tuple(int(kv.split("=")[1]) for kv in p.key.split(":", 2)[2].split("|")[:2]) for p in ps]
+    assert sum(len(str(a)) != len(str(b)) for a, b in ops) > 100          # operands of different lengths
+    assert {len(str(a)) for a, _ in ops} == {1, 2, 3}
+    assert any("hundred" in p.question for p in ps)                         # numbers in words
+    assert all(int(p.answer) == a + b for p, (a, b) in zip(ps, ops))
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        a, b = all_carry_pair(rng, 3)
+        carry, x, y = 0, a, b
+        while x or y:                                                       # a carry out of every column
+            carry = (x % 10 + y % 10 + carry) >= 10
+            assert carry, (a, b)
+            x, y = x // 10, y // 10
+
+
+def test_number_words():
+    assert number_words(0) == "zero" and number_words(42) == "forty-two" and number_words(701) == "seven hundred one"
+    assert number_words(1232) == "one thousand two hundred thirty-two"
+    with pytest.raises(ValueError):
+        number_words(-1)
+
+
+def test_addmix_trains_any_operand_lengths_in_training_wordings():
+    ps = problem_set("addmix", 3, 200, TRAIN)
+    lengths = {(len(k.split("a=")[1].split("|")[0]), len(k.split("b=")[1].split("|")[0])) for k in (p.key for p in ps)}
+    assert len(lengths) == 9                                                 # every pair of lengths 1..3
+    assert {p.question.replace(str(p.key), "") for p in ps}                  # phrased
+    train_t = {re.sub(r"\d+", "N", q) for q in FAMILIES["add"].templates[TRAIN]}
+    assert all(re.sub(r"\d+", "N", p.question.replace("{a}", "")) in
+               {t.replace("{a}", "N").replace("{b}", "N") for t in train_t} for p in ps[:50])

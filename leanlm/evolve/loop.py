@@ -31,8 +31,10 @@ from ..eval.tasks import disjoint, parse_skill, problem_set
 from ..models import load
 from . import controller, generator, lineage, tinyadd
 from .config import EvolveConfig, Recipe
-from .discriminator import agreement, judge, preference_pairs, sft_examples, verify
-from .gate import accuracy_by_skill, corpus_perplexity, decide, refusal_metrics, refusals
+from . import safety, safety_tune
+from .discriminator import agreement, judge, preference_pairs, sft_examples, verify, verify_strict
+from .gate import accuracy_by_skill, decide
+from .measure import measure_chat
 from .solve import answers, greedy
 from .train import Example, TrainConfig, add_lora, train, train_dpo
 
@@ -56,8 +58,8 @@ def gen_seed(cfg: EvolveConfig, g: int) -> int:
     return cfg.seed * 1000 + g
 
 
-def train_config(cfg: EvolveConfig, course: controller.Course, seed: int, **kw) -> TrainConfig:
-    return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr * course.lr_scale,
+def train_config(cfg: EvolveConfig, course: controller.Course, seed: int, lr_extra: float = 1.0, **kw) -> TrainConfig:
+    return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr * course.lr_scale * lr_extra,
                        warmup=max(1, cfg.steps // 10), surgery=cfg.surgery, retention_weight=cfg.retention_weight,
                        lora_r=cfg.lora_r, seed=seed, **kw)
 
@@ -70,36 +72,40 @@ def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> li
 
 
 # ===================================================================================== chat recipe
-def measure_chat(model, tok, cfg: EvolveConfig, skills: tuple[str, ...], refused_at_gen0: list[int]) -> dict:
-    """Gate metrics: held-out accuracy (target and active skills), retention skills, perplexity, refusals."""
-    names = tuple(dict.fromkeys((*cfg.skills, *cfg.headline_skills, *skills, *cfg.retention_skills)))
-    problems = generator.heldout_set(names, cfg.heldout_n)
-    outs = greedy(model, tok, [p.prompt for p in problems], cfg.max_new_tokens, batch_size=cfg.gen_batch,
-                  progress=cfg.progress, desc="heldout")
-    acc = accuracy_by_skill(problems, outs)
-    score = sum(acc[s] for s in cfg.skills) / len(cfg.skills)
-    ret = [acc[s] for s in cfg.retention_skills]
-    refused = refusals(model, tok, progress=cfg.progress)
-    head = [acc[s] for s in cfg.headline_skills]
-    return {"heldout": acc, "score": score, "headline": sum(head) / len(head) if head else score,
-            "retention": sum(ret) / len(ret) if ret else None,
-            "ppl": corpus_perplexity(model, tok, cfg.ppl_tokens, progress=cfg.progress),
-            **refusal_metrics(refused, refused_at_gen0)}
-
-
 def chat_start(cfg: EvolveConfig, run: Path) -> dict:
-    """Generation 0: the model as it comes, measured. Its refusals define the refusal set to keep."""
+    """Generation 0: the model as it comes (or safety-tuned, ``cfg.safety_tune``), measured. Its refusals
+    define the refusal set to keep."""
+    torch.manual_seed(cfg.seed)
     model, tok = load(cfg.spec, dtype=cfg.dtype)
     metrics = measure_chat(model, tok, cfg, cfg.skills, [])
-    metrics["refusal_kept"] = None
-    rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec, "metrics": metrics,
+    rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec,
            "skills": list(cfg.skills), "course": vars(controller.Course()), "probe": None,
-           "refused_at_gen0": metrics["refused"], "decisions": ["generation 0: the model as loaded"]}
+           "decisions": ["generation 0: the model as loaded"]}
+    data, lap = [], Laps()
+    if cfg.safety_tune:
+        retention = corpus_examples(tok, cfg.seed, seq_len=cfg.retention_len)
+        model, data, tuned = safety_tune.tune(model, tok, cfg, retention, gen_seed(cfg, 0))
+        lap("safety_tune")
+        rec.update(untuned=metrics, safety_tune=tuned,
+                   decisions=[f"generation 0: safety-tuned ({len(tuned['rounds'])} rounds, targets "
+                              f"{'met' if tuned['targets_met'] else 'NOT met'})"])
+        metrics = measure_chat(model, tok, cfg, cfg.skills, [])
+        lap("gate")
+    metrics["refusal_kept"] = None
+    rec.update(metrics=metrics, refused_at_gen0=metrics["refused"], seconds=lap.seconds)
     if not metrics["refused"]:
         rec["decisions"].append("the model refuses none of the harmful prompts at generation 0: "
                                 "the gate can only check that the overall refusal rate does not fall")
-    lineage.save_generation(run, rec, [], [])
+    lineage.save_generation(run, rec, data, [], model if cfg.safety_tune else None, tok)
     return rec
+
+
+def safety_pool(run: Path, tok, cfg: EvolveConfig) -> list[Example]:
+    """What safety replay draws from: generation 0's safety-tuning data, or our refusals to the train part."""
+    from ..eval import safety as sets
+
+    pool = lineage.read_examples(lineage.gen_dir(run, 0) / "data.jsonl")
+    return list(dict.fromkeys(pool)) or safety.refusal_examples(tok, sets.harmful_prompts(sets.TRAIN))
 
 
 def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
@@ -116,7 +122,8 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     outs = greedy(model, tok, [p.prompt for p in probe], cfg.max_new_tokens, batch_size=cfg.gen_batch,
                   progress=cfg.progress, desc="probe")
     success = accuracy_by_skill(probe, outs)
-    failures = [p for p, o in zip(probe, outs) if not verify(p, o)]
+    ok = verify_strict if cfg.strict_verify else verify
+    failures = [p for p, o in zip(probe, outs) if not ok(p, o)]
     lap("probe")
 
     # 2. Plan: the controller splits the budget between skills and raises mastered ones.
@@ -139,7 +146,7 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     lap("solve")
 
     # 5. Judge: exact verifier -> SFT data and DPO pairs; AI judge on a subset to measure agreement.
-    verdicts = [[verify(p, o) for o in outs] for p, outs in zip(problems, samples)]
+    verdicts = [[ok(p, o) for o in outs] for p, outs in zip(problems, samples)]
     chat_prompts = [format_prompt(tok, p.prompt) for p in problems]
     sft = sft_examples(chat_prompts, samples, verdicts, problems=problems if cfg.trim else None)
     pairs = preference_pairs(chat_prompts, samples, verdicts)
@@ -148,8 +155,12 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
 
     # 6. Train: LoRA on new + replayed data, retention loss on corpus text, PCGrad between them.
     new = sft + replay(run, recs, cfg.replay, seed)
+    kept = safety.replay_examples(safety_pool(run, tok, cfg), round(cfg.safety_replay * len(new)), seed) \
+        if cfg.safety_replay and new else []
+    new += kept
     retention = corpus_examples(tok, seed, seq_len=cfg.retention_len)
-    tcfg = train_config(cfg, course, seed)
+    kl_scale, kl_why = controller.kl_lr_scale(parent["metrics"].get("kl"), cfg.kl_max)
+    tcfg = train_config(cfg, course, seed, lr_extra=kl_scale)
     hist, adapter_tmp = {"loss_new": []}, None
     if new and cfg.steps:
         model = add_lora(model, tcfg) if cfg.lora_r else model
@@ -162,11 +173,14 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
             model = model.merge_and_unload()
     lap("train")
 
-    # 7. Gate: held-out, retention, perplexity and refusals; accept or roll back.
-    metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"])
+    # 7. Gate: held-out (lenient, strict, shifted), retention, perplexities, refusal and over-refusal with
+    #    intervals against generation 0, KL to generation 0; accept or roll back.
+    ref = load(lineage.model_path(run, base), dtype=cfg.dtype)[0] if cfg.kl_texts else None
+    metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"], base["metrics"], ref)
+    del ref
     lap("gate")
     accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
-                             cfg.refusal_tolerance, cfg.retention_tolerance)
+                             cfg.refusal_tolerance, cfg.retention_tolerance, cfg.over_refusal_tolerance, cfg.kl_max)
     if not new:
         accept, reasons = False, reasons + ["FAIL: no verified-correct answers to train on"]
     course, why = (controller.after_accept if accept else controller.after_rollback)(course)
@@ -177,9 +191,10 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
            "plan": {"problems": plan.problems, "weights": plan.weights, "samples": k},
            "data": {"problems": len(problems), "adversarial": sum(p.split == generator.ADVERSARIAL for p in problems),
                     "proposed": sum(p.split == generator.PROPOSED for p in problems), "sft": len(sft),
-                    "replay": len(new) - len(sft), "pairs": len(pairs),
+                    "replay": len(new) - len(sft) - len(kept), "safety_replay": len(kept), "pairs": len(pairs),
                     "sample_accuracy": sum(map(sum, verdicts)) / max(1, sum(map(len, verdicts)))},
-           "judge": judged, "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why],
+           "judge": judged, "train": {**summarize(hist), "lr": tcfg.lr},
+           "decisions": [*plan.decisions, kl_why, *reasons, why],
            "seconds": lap.seconds}
     lineage.save_generation(run, rec, sft, pairs, model if accept else None, tok,
                             Path(adapter_tmp.name) if (accept and adapter_tmp) else None)

@@ -56,17 +56,17 @@ def compress_cli(spec: str, out: Path, options: dict) -> dict:
             "weights_ratio": t["weights_ratio"], "seconds": t["seconds"]}
 
 
-def decompress_model(path: str | Path, output: str | Path, force: bool = False) -> dict:
+def decompress_model(path: str | Path, output: str | Path, force: bool = False, threads: int = 0) -> dict:
     """Write the original directory back; every file is checked against its sha256."""
-    return restore(Path(path), Path(output), force, LosslessConfig().n_threads())
+    return restore(Path(path), Path(output), force, LosslessConfig(threads=threads).n_threads())
 
 
-def verify_model(path: str | Path, against: str | Path | None = None) -> dict:
+def verify_model(path: str | Path, against: str | Path | None = None, threads: int = 0) -> dict:
     """Decode everything and re-check every checksum; with ``against``, compare to that model's files."""
     other = _source(against) if against is not None else None
     if other is not None and other.is_file():
         other = other.parent
-    return verify(Path(path), other, LosslessConfig().n_threads())
+    return verify(Path(path), other, LosslessConfig(threads=threads).n_threads())
 
 
 def _readers(path: Path, manifest: dict) -> list[ContainerReader]:

@@ -219,7 +219,7 @@ class ContainerReader:
             raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' unreadable ({e})") from e
         if arr.dtype != dtype:
             raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' has dtype {arr.dtype}, not {np.dtype(dtype)}")
-        return arr.ravel() if plane != "index" else arr
+        return arr if plane.rsplit(".", 1)[-1] == "index" else arr.ravel()
 
     def _encoded(self, name: str, meta: dict, count: int, part: str = "") -> Encoded:
         layout, cfg = meta["_layout"], meta["_config"]

@@ -1,0 +1,79 @@
+"""Drop-in replacements for ``safetensors.torch.save_file`` / ``load_file`` over one lossless container.
+
+``save_file(tensors, path)`` writes a single container file (an ordinary safetensors file holding the coded
+planes, see ``format``); ``load_file(path)`` decodes every tensor straight into its destination tensor's
+memory, checks every sha256 and returns the dict, so ``from leanlm.lossless import load_file`` replaces
+``from safetensors.torch import load_file``. Tensors decode on ``threads`` threads (the compiled decoder
+releases the GIL): large tensors chunk-parallel one after another, then the small ones spread over the pool.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+from .container import ContainerError, ContainerReader, write_container
+from .hooks import TORCH_DTYPES
+from .store import LosslessConfig
+
+BIG_CHUNKS = 8   # tensors of at least this many chunks decode chunk-parallel on their own
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+              mode: str = "max", threads: int | None = None) -> dict:
+    """Write ``tensors`` losslessly coded to ``path`` (atomically). Returns size statistics."""
+    cfg = LosslessConfig(mode=mode, threads=threads or 0)
+    path = Path(path)
+    blob = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        del blob
+        return write_container(Path(tmp), path, path.name, cfg.codec(), cfg.n_threads(), grids=cfg.grids)
+    finally:
+        os.unlink(tmp)
+
+
+def _empty(meta: dict) -> torch.Tensor:
+    return torch.empty(meta["shape"], dtype=TORCH_DTYPES[meta["dtype"]])
+
+
+def load_file(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the container at ``path``, decoded and sha256-checked, on ``device``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ContainerError(f"{path} is a directory; load_file reads one container file (for a compressed "
+                             f"model directory use leanlm.load or `leanlm decompress`)")
+    reader = ContainerReader(path)
+    threads = threads or LosslessConfig().n_threads()
+    out = {name: _empty(reader.tensors[name]) for name in reader.order}
+
+    def chunks(name: str) -> int:
+        meta = reader.tensors[name]
+        cv = meta.get("chunk_values") or 1 << 62
+        return (meta["offsets"][1] - meta["offsets"][0]) // max(1, out[name].element_size()) // cv
+
+    def one(name: str, n_threads: int) -> None:
+        t = out[name]
+        if t.numel():
+            reader.decode(name, threads=n_threads, out=t.view(-1).view(torch.uint8).numpy())
+
+    big = [n for n in reader.order if chunks(n) >= BIG_CHUNKS]
+    small = [n for n in reader.order if chunks(n) < BIG_CHUNKS]
+    for name in big:
+        one(name, threads)
+    if threads > 1 and len(small) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda n: one(n, 1), small))
+    else:
+        for name in small:
+            one(name, 1)
+    if device != "cpu":
+        out = {k: v.to(device) for k, v in out.items()}
+    return out

@@ -51,8 +51,9 @@ def test_two_generation_loop_writes_a_complete_run(full_run):
     by_length = recs[1]["data"]["by_length"]       # [asked, kept, right] per length
     assert sum(v[1] for v in by_length.values()) == recs[1]["data"]["self_labelled"]
     assert all(v[0] >= v[1] >= v[2] for v in by_length.values())
-    data = (lineage.gen_dir(out, 1) / "data.jsonl").read_text().splitlines()
-    assert len(data) == recs[1]["data"]["self_labelled"] and "prompt" in json.loads(data[0])
+    data = lineage.read_rows(lineage.gen_dir(out, 1) / "data.jsonl")
+    assert (lineage.gen_dir(out, 1) / "data.jsonl.gz").is_file()             # stored compressed
+    assert len(data) == recs[1]["data"]["self_labelled"] and "prompt" in data[0]
     for r in recs[1:]:
         assert r["parent"] in (0, 1) and r["decisions"] and isinstance(r["accepted"], bool)
         d = lineage.gen_dir(out, r["generation"])
@@ -133,7 +134,7 @@ def test_chat_recipe_plumbing_with_lora(tmp_path, monkeypatch):
     assert g1["data"]["sft"] > 0 and g1["train"]["steps"] == 3 and g1["train"]["loss_ret_first"] is not None
     assert g1["judge"]["n"] > 0 and 0 <= g1["judge"]["agreement"] <= 1
     assert g1["data"]["pairs"] > 0 and g1["train"]["dpo"] is not None   # the RLAIF path ran
-    assert (lineage.gen_dir(out, 1) / "pairs.jsonl").read_text().count("\n") == g1["data"]["pairs"]
+    assert len(lineage.read_rows(lineage.gen_dir(out, 1) / "pairs.jsonl")) == g1["data"]["pairs"]
     assert sum(g1["plan"]["problems"].values()) == 8 and g1["metrics"]["ppl"] > 1
     d = lineage.gen_dir(out, 1)
     assert (d / "adapter" / "adapter_config.json").is_file() and (d / "model" / "config.json").is_file()

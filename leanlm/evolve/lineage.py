@@ -6,8 +6,9 @@ Layout (format ``leanlm.evolve.run``, version 1)::
       run.json            format, version, the EvolveConfig, created
       gen-000/            generation 0: the starting point (tiny: the trained seed model)
         lineage.json      generation, parent, accepted, config, metrics, decisions, data checksums
-        data.jsonl        the training examples of this generation (SFT: prompt, completion)
-        pairs.jsonl       correct-vs-incorrect preference pairs (DPO data)
+        data.jsonl.gz     the training examples of this generation (SFT: prompt, completion; gzip, mtime 0;
+                          runs before issue 19 wrote plain data.jsonl, still read)
+        pairs.jsonl.gz    correct-vs-incorrect preference pairs (DPO data)
         adapter/          the LoRA adapter (peft; absent for full fine-tuning)
         model/            merged model, loadable by transformers from_pretrained (latest/best accepted
                           generations; older ones become model.delta against their parent when the
@@ -79,13 +80,34 @@ def records(run: Path) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    """JSON lines; gzip-compressed (deterministic: no name, mtime 0) when ``path`` ends in ``.gz``."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if str(path).endswith(".gz"):
+        import gzip
+
+        from ..fileio import atomic_write_bytes
+        atomic_write_bytes(path, gzip.compress(text.encode(), compresslevel=9, mtime=0))
+    else:
+        atomic_write_text(path, text)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of ``path`` (``x.jsonl``), or of ``x.jsonl.gz`` beside it; [] when neither exists."""
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    if path.is_file():
+        text = path.read_text()
+    elif gz.is_file():
+        import gzip
+
+        text = gzip.decompress(gz.read_bytes()).decode()
+    else:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def read_examples(path: Path) -> list[Example]:
-    if not path.is_file():
-        return []
-    return [Example(r["prompt"], r["completion"]) for r in map(json.loads, path.read_text().splitlines()) if r]
+    return [Example(r["prompt"], r["completion"]) for r in read_rows(path) if r]
 
 
 def save_generation(run: Path, record: dict, data: list[Example], pairs: list[dict], model=None, tok=None,
@@ -93,9 +115,9 @@ def save_generation(run: Path, record: dict, data: list[Example], pairs: list[di
     """Write one generation directory atomically: data, pairs, adapter, merged model, then lineage.json."""
     target = gen_dir(run, record["generation"])
     with atomic_directory(target, overwrite=True) as tmp:
-        write_jsonl(tmp / "data.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in data])
-        write_jsonl(tmp / "pairs.jsonl", pairs)
-        files = {"data.jsonl": sha256_file(tmp / "data.jsonl"), "pairs.jsonl": sha256_file(tmp / "pairs.jsonl")}
+        write_jsonl(tmp / "data.jsonl.gz", [{"prompt": e.prompt, "completion": e.completion} for e in data])
+        write_jsonl(tmp / "pairs.jsonl.gz", pairs)
+        files = {n: sha256_file(tmp / n) for n in ("data.jsonl.gz", "pairs.jsonl.gz")}
         if adapter_dir is not None:
             shutil.copytree(adapter_dir, tmp / "adapter")
             (tmp / "adapter").chmod(0o755)            # a TemporaryDirectory copy would stay owner-only

@@ -139,3 +139,15 @@ def test_safety_tune_flag_selects_the_issue_19_recipe():
     assert "addmix:3" in cfg.skills and cfg.shifted_skills and cfg.ppl2_corpus
     with pytest.raises(ValueError, match="refusal-n"):
         dataclasses.replace(cfg, refusal_n=0)
+
+
+def test_pass_at_k_estimator():
+    from math import comb
+
+    from leanlm.evolve.measure import pass_at_k
+
+    for n, c, k in ((8, 0, 1), (8, 3, 1), (8, 3, 8), (8, 1, 4), (10, 5, 3)):
+        assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8) and pass_at_k(8, 1, 8) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(8, 9, 1)

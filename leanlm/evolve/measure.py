@@ -72,3 +72,34 @@ def measure_chat(model, tok, cfg, skills: tuple[str, ...], refused_at_gen0: list
     if ref is not None and cfg.kl_texts:
         m["kl"] = kl_to_reference(model, ref, tok, kl_texts(cfg, tok, names))
     return m
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``c`` correct of ``n`` samples (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or k < 1 or k > n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    out = 1.0
+    for i in range(n - c + 1, n + 1):     # prod (1 - k / i) = C(n-c, k) / C(n, k)
+        out *= 1.0 - k / i
+    return 1.0 - out
+
+
+def passk_by_skill(model, tok, problems: list, n: int, ks: tuple[int, ...], temperature: float, seed: int,
+                   batch_size: int = 16, max_new_tokens: int = 32, progress: bool = True) -> dict:
+    """pass@k per skill, strict and lenient, from ``n`` sampled answers per problem."""
+    from ..eval.tasks import check
+    from .solve import answers
+
+    samples = answers(model, tok, [p.prompt for p in problems], n, temperature, max_new_tokens, seed,
+                      batch_size=batch_size, progress=progress, desc="pass@k")
+    out: dict = {}
+    for name, checker in (("strict", check_strict), ("lenient", check)):
+        per: dict[str, list[list[float]]] = {}
+        for p, outs in zip(problems, samples):
+            c = sum(checker(p, o) for o in outs)
+            per.setdefault(p.skill, []).append([pass_at_k(n, c, k) for k in ks])
+        out[name] = {s: {f"pass@{k}": sum(r[i] for r in rows) / len(rows) for i, k in enumerate(ks)}
+                     for s, rows in per.items()}
+    return out

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="run directory (created; an existing one with the same config is continued)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved config")
     p.add_argument("--json", metavar="OUT", help="also write the result document here")
+    p.add_argument("--serve", action="store_true", help="also serve the run while it evolves (as `leanlm serve "
+                   "RUN --follow`: each accepted generation is swapped in)")
+    p.add_argument("--serve-port", type=int, default=8000, help="port of --serve (on 127.0.0.1)")
     add_arguments(p, EvolveConfig, skip=SKIP)
     p.set_defaults(func=cmd_evolve)
 
@@ -42,6 +45,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     show = _render_generation
     if args.resume:
         over = {k: v for k, v in _overrides(args).items() if k in ("generations", "budget", "progress")}
+        server = _serve(args, args.resume)
         result = resume(args.resume, on_generation=show, **over)
         cfg_dict = to_dict(load_config(args.resume))
     else:
@@ -49,14 +53,30 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             raise ValueError("give a SPEC and --out RUN_DIR, or --resume RUN_DIR")
         base = preset(args.spec, safety_tune=bool(args.safety_tune))
         cfg = from_dict(type(base), {**to_dict(base), **_overrides(args), "spec": args.spec})
+        server = _serve(args, args.out, cfg)
         result = run(cfg, args.out, on_generation=show)
         cfg_dict = to_dict(cfg)
+    if server is not None:
+        server.__exit__(None, None, None)
     render_mapping("evolve summary", result)
     if args.json:
         from ..fileio import atomic_write_json
 
         atomic_write_json(args.json, document("evolve", {"spec": cfg_dict["spec"]}, cfg_dict, result))
     return 0
+
+
+def _serve(args: argparse.Namespace, run_dir: str, cfg=None):
+    """``--serve``: the OpenAI-compatible server on this run, in this process (None without the flag)."""
+    if not args.serve:
+        return None
+    from ..serve.config import ServeConfig
+    from ..serve.server import follow_in_background
+    from .lineage import init_run
+
+    if cfg is not None:
+        init_run(run_dir, cfg)                 # run.json first: the server needs a run directory to follow
+    return follow_in_background(run_dir, ServeConfig(port=args.serve_port))
 
 
 def _fmt(v) -> str:

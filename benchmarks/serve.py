@@ -314,7 +314,8 @@ def main(argv=None) -> int:
     p.add_argument("--rss-swaps", type=int, default=20)
     p.add_argument("--phase-deadline", type=float, default=300)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "leanlm-serve-bench"))
-    p.add_argument("--skip-llama", action="store_true")
+    p.add_argument("--phases", nargs="+", default=["throughput", "swap", "rss", "llama"],
+                   choices=["throughput", "swap", "rss", "llama"], help="which parts to run (default: all)")
     p.add_argument("--json", default=str(HERE / "results" / "serve" / "serve.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -328,13 +329,16 @@ def main(argv=None) -> int:
     doc = {"protocol": {k: v for k, v in vars(args).items() if k != "json"}, "throughput": {}}
     srv = leanlm_server(str(run), args, work, "torch", ["--follow", "--poll-s", "0.5", "--max-loaded", "2"])
     try:
-        doc["throughput"]["leanlm_torch"] = throughput(srv.url, "run", args)
-        doc["swap"] = swap_test(srv.url, run, variants, args)
-        doc["rss"] = rss_test(srv, run, variants, first_gen=7, swaps=args.rss_swaps)
+        if "throughput" in args.phases:
+            doc["throughput"]["leanlm_torch"] = throughput(srv.url, "run", args)
+        if "swap" in args.phases:
+            doc["swap"] = swap_test(srv.url, run, variants, args)
+        if "rss" in args.phases:
+            doc["rss"] = rss_test(srv, run, variants, first_gen=7, swaps=args.rss_swaps)
         doc["ledger_events"] = len(httpx.get(srv.url + "/admin/ledger").json()["data"])
     finally:
         srv.stop()
-    if not args.skip_llama:
+    if "llama" in args.phases:
         doc["throughput"].update(llama_anchor(args, work))
     doc["wall_s"] = time.perf_counter() - t0
     from leanlm.eval.results import document

@@ -160,6 +160,8 @@ def test_full_queue_is_429(server):
         assert wait_for(lambda: s.ctx.scheduler.stats()["waiting"] == 1, timeout=10)
         r = httpx.post(s.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "c", "max_tokens": 2})
         assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+        r = httpx.post(s.url + "/admin/rollback")                  # no --api-key: admin routes are closed
+        assert r.status_code == 403 and "--api-key" in r.json()["error"]["message"]
         t.join(60)
         waiting.join(60)
         assert results[0].status_code == 200

@@ -134,3 +134,23 @@ def test_cli_registers_serve():
     assert from_args(ServeConfig, args).host == "127.0.0.1"
     with pytest.raises(ValueError, match="canary"):
         ServeConfig(canary=1.5)
+
+
+def test_evolve_serve_flag_follows_the_run_it_creates(tmp_path):
+    import argparse
+
+    from leanlm.cli import build_parser
+    from leanlm.evolve.cli import _serve
+    from leanlm.evolve.config import EvolveConfig
+
+    assert build_parser().parse_args(["evolve", "tiny-add", "--out", "x", "--serve"]).serve is True
+    run = tmp_path / "evo"
+    server = _serve(argparse.Namespace(serve=True, serve_port=0), str(run), EvolveConfig(spec="tiny-llama"))
+    try:
+        assert (run / "run.json").is_file() and server.url.startswith("http://127.0.0.1:")
+        write_generation(run, 0)
+        assert wait_for(lambda: server.ctx.registry.current is not None, timeout=30)
+        r = httpx.post(server.url + "/v1/completions", json={"model": "evo", "prompt": "x", "max_tokens": 2})
+        assert r.json()["model"] == "evo@gen-0"
+    finally:
+        server.__exit__(None, None, None)

@@ -114,7 +114,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
         snap = registry.snapshot()
         cards = [P.model_card(registry.name, 0, current=snap["current"], canary=snap["canary"])]
         cards += [P.model_card(v.id, v.created, generation=v.generation, parent=v.parent, gate=v.metrics)
-                  for v in list(registry.versions.values())]
+                  for v in registry.listing()]
         return {"object": "list", "data": cards}
 
     @app.get("/metrics")
@@ -158,8 +158,14 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
 
 async def _admin_tag(request: Request, registry: Registry) -> str | None:
+    if not request.app.state.ctx.cfg.api_key:
+        raise P.APIError(403, "admin routes change what is served; start the server with --api-key to use them",
+                         type_="permission_error", code="admin_needs_api_key")
     body = await request.body()
-    doc = json.loads(body) if body.strip() else {}
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise P.APIError(400, f"the request body is not valid JSON: {e}", code="malformed_json") from e
     if not isinstance(doc, dict):
         raise P.APIError(400, "admin body must be a JSON object like {\"version\": \"gen-3\"}")
     version = doc.get("version")

@@ -279,6 +279,10 @@ class Registry:
         return entry
 
     # ------------------------------------------------------------------ views
+    def listing(self) -> list[Version]:
+        with self._lock:
+            return list(self.versions.values())
+
     def snapshot(self) -> dict:
         with self._lock:
             return {"name": self.name, "current": self.current.id if self.current else None,

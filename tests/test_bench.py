@@ -129,3 +129,11 @@ def test_bench_lossless_row_is_identical_to_the_original():
     assert row["perplexity"] == doc["results"]["original"]["perplexity"] and row["perplexity_preserved"] == 1.0
     assert row["top1_agreement"] == 1.0 and row["greedy_token_agreement"] == 1.0 and row["answer_agreement"] == 1.0
     assert 0.0 < row["disk_reduction"] < 0.5   # bf16 weights code to ~65-85% of their bytes; never below half
+
+
+def test_bench_ood_column(bench_doc):
+    rows = {r["name"]: r for r in bench_doc["results"]["rows"]}
+    orig = bench_doc["results"]["original"]
+    assert orig["ood_corpus"] == "gpl3" and orig["ood_perplexity"] > 1
+    assert rows["bf16"]["ood_perplexity"] == orig["ood_perplexity"] and rows["bf16"]["ood_perplexity_preserved"] == 1.0
+    assert orig["ood_perplexity"] != orig["perplexity"]   # another text, another figure

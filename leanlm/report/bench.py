@@ -4,6 +4,7 @@ For each row (``bf16`` is the original itself; every other row is a ``leanlm com
 compress the spec into a work directory, load the result with ``leanlm.load``, and measure
   - bytes of weights on disk and in memory, and the reductions against the original;
   - perplexity (the eval protocol) and top-1 agreement with the original at every scored token;
+  - out-of-domain perplexity: the same protocol on ``ood_corpus`` (GPL-3), text no method calibrates on;
   - held-out task accuracy, and greedy-output agreement with the original on the same prompts;
   - prefill and decode speed, timed alternately with the original in this process (same-run ratios).
 A method that is not built yet (NotImplementedError / ModuleNotFoundError) makes its row
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..config import require, to_dict
-from ..eval.corpus import load_corpus, split_corpus
+from ..eval.corpus import OOD_CORPUS, load_corpus, split_corpus
 from ..eval.generate import GenerationConfig, generate
 from ..eval.memory import disk_bytes, memory_bytes, peak_rss_bytes
 from ..eval.perplexity import corpus_ids
@@ -50,6 +51,8 @@ class BenchConfig:
     reuse: bool = field(default=False, metadata={"help": "reuse artifacts already in --work-dir"})
     corpus: str | None = field(default=None, metadata={"help": "perplexity corpus (default: pydoc topics)"})
     max_tokens: int = field(default=8192, metadata={"help": "tokens of the eval text scored"})
+    ood_corpus: str | None = field(default=OOD_CORPUS, metadata={"help": "out-of-domain perplexity corpus "
+                                                                          "(never calibrated on); '' for none"})
     context: int = field(default=512, metadata={"help": "perplexity window"})
     stride: int = field(default=512, metadata={"help": "perplexity stride"})
     ppl_batch: int = field(default=4, metadata={"help": "windows per forward pass"})
@@ -107,6 +110,7 @@ def quick_config(**overrides) -> BenchConfig:
 class Measured:
     """One model's measurements (kept in memory for the comparisons)."""
     tokens: TokenPass
+    ood: TokenPass | None
     outputs: list[str]
     output_ids: list[list[int]]
     correct: list[bool]
@@ -122,9 +126,12 @@ def _problems(cfg: BenchConfig) -> list[Problem]:
     return [p for t in cfg.tasks for p in problem_set(*parse_skill(t), n=cfg.n, split=HELDOUT)]
 
 
-def measure(model, tok, ids: torch.Tensor, problems: list[Problem], cfg: BenchConfig) -> Measured:
+def measure(model, tok, ids: torch.Tensor, problems: list[Problem], cfg: BenchConfig,
+            ood_ids: torch.Tensor | None = None) -> Measured:
     t0 = time.perf_counter()
     tokens = token_pass(model, ids, cfg.context, cfg.stride, cfg.ppl_batch, cfg.progress)
+    ood = None if ood_ids is None else token_pass(model, ood_ids, cfg.context, cfg.stride, cfg.ppl_batch,
+                                                  cfg.progress)
     t1 = time.perf_counter()
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch)
     outputs = [o[0] for o in generate(model, tok, [p.prompt for p in problems], gen, cfg.progress, "tasks")]
@@ -135,7 +142,7 @@ def measure(model, tok, ids: torch.Tensor, problems: list[Problem], cfg: BenchCo
         mine = [c for p, c in zip(problems, correct) if p.skill == t]
         skills[t] = sum(mine) / len(mine)
     output_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in outputs]
-    return Measured(tokens, outputs, output_ids, correct, skills,
+    return Measured(tokens, ood, outputs, output_ids, correct, skills,
                     {"perplexity": round(t1 - t0, 2), "tasks": round(t2 - t1, 2)})
 
 
@@ -153,6 +160,8 @@ def compare(ref: Measured, ref_speed: dict, ref_bytes: dict, m: Measured, speed:
                            if nbytes["weights_disk_bytes"] and ref_bytes["weights_disk_bytes"] else None),
         "perplexity": m.tokens.perplexity,
         "perplexity_preserved": ref.tokens.perplexity / m.tokens.perplexity,
+        "ood_perplexity": m.ood.perplexity if m.ood else None,
+        "ood_perplexity_preserved": ref.ood.perplexity / m.ood.perplexity if m.ood and ref.ood else None,
         "task_accuracy": m.accuracy,
         "accuracy_preserved": _ratio(m.accuracy, ref.accuracy),
         "skills": m.skills,
@@ -198,7 +207,8 @@ def bench_row(name: str, spec: str, ctx: dict, cfg: BenchConfig, work: Path) -> 
             model, tok = load(str(out), dtype=cfg.dtype)
         with torch.inference_mode():
             # The original was measured once already (a repeat gives identical numbers: tests check that).
-            m = ctx["ref"] if name == ORIGINAL else measure(model, tok, ctx["ids"], ctx["problems"], cfg)
+            m = ctx["ref"] if name == ORIGINAL else measure(model, tok, ctx["ids"], ctx["problems"], cfg,
+                                                               ctx["ood_ids"])
             ref_speed, speed = interleaved_speed(ctx["model"], model, cfg.speed_repeats, cfg.speed_prompt_len,
                                                  cfg.speed_decode_tokens)
         nbytes = {"weights_memory_bytes": memory_bytes(model), "weights_disk_bytes": disk_bytes(out)}
@@ -224,9 +234,11 @@ def run_bench(spec: str, cfg: BenchConfig = BenchConfig()) -> dict:
     model, tok = load(spec, dtype=cfg.dtype)
     text = load_corpus(cfg.corpus)
     ids = corpus_ids(tok, split_corpus(text, "eval"), cfg.max_tokens)
+    ood_ids = (corpus_ids(tok, split_corpus(load_corpus(cfg.ood_corpus), "eval"), cfg.max_tokens)
+               if cfg.ood_corpus else None)
     problems = _problems(cfg)
     with torch.inference_mode():
-        ref = measure(model, tok, ids, problems, cfg)
+        ref = measure(model, tok, ids, problems, cfg, ood_ids)
     temp = cfg.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="leanlm-bench-")) if temp else Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -237,14 +249,16 @@ def run_bench(spec: str, cfg: BenchConfig = BenchConfig()) -> dict:
             model.save_pretrained(mdir, safe_serialization=True)
             tok.save_pretrained(mdir)
             source = str(mdir)
-        ctx = {"model": model, "tok": tok, "ids": ids, "problems": problems, "ref": ref, "model_dir": mdir,
+        ctx = {"model": model, "tok": tok, "ids": ids, "ood_ids": ood_ids, "problems": problems, "ref": ref, "model_dir": mdir,
                "bytes": {"weights_memory_bytes": memory_bytes(model), "weights_disk_bytes": disk_bytes(mdir)}}
         rows = [bench_row(name, source, ctx, cfg, work) for name in cfg.rows]
     finally:
         if temp:
             shutil.rmtree(work, ignore_errors=True)
     results = {
-        "original": {"perplexity": ref.tokens.perplexity, "task_accuracy": ref.accuracy, "skills": ref.skills,
+        "original": {"perplexity": ref.tokens.perplexity,
+                     "ood_perplexity": ref.ood.perplexity if ref.ood else None, "ood_corpus": cfg.ood_corpus,
+                     "task_accuracy": ref.accuracy, "skills": ref.skills,
                      "tokens_scored": ref.tokens.nll.numel(), "problems": len(problems), **ctx["bytes"]},
         "rows": rows,
         "peak_rss_bytes": peak_rss_bytes(),

@@ -52,6 +52,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("disk saved", "disk_reduction", pct),
     Column("perplexity", "perplexity", num),
     Column("ppl kept", "perplexity_preserved", pct),
+    Column("OOD ppl", "ood_perplexity", num),
+    Column("OOD ppl kept", "ood_perplexity_preserved", pct),
     Column("task acc", "task_accuracy", pct),
     Column("acc kept", "accuracy_preserved", pct),
     Column("greedy tokens agree", "greedy_token_agreement", pct),

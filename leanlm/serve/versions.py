@@ -8,6 +8,7 @@ is appended to the ledger, with the reason and the generation's gate metrics and
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import json
@@ -41,6 +42,14 @@ class Version:
     retired: bool = False
     last_used: float = 0.0
     load_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS creeps across swaps)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):          # not glibc: nothing to trim
+        pass
 
 
 class Ledger:
@@ -192,6 +201,7 @@ class Registry:
             log.info("freed %s", v.id)
         if doomed:
             gc.collect()
+            _trim_heap()
 
     # ------------------------------------------------------------------ changing what is live
     def install(self, v: Version, reason: str) -> dict:

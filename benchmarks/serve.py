@@ -334,7 +334,8 @@ def main(argv=None) -> int:
         if "swap" in args.phases:
             doc["swap"] = swap_test(srv.url, run, variants, args)
         if "rss" in args.phases:
-            doc["rss"] = rss_test(srv, run, variants, first_gen=7, swaps=args.rss_swaps)
+            doc["rss"] = rss_test(srv, run, variants, first_gen=len(list(run.glob("gen-[0-9][0-9][0-9]"))),
+                                  swaps=args.rss_swaps)
         doc["ledger_events"] = len(httpx.get(srv.url + "/admin/ledger").json()["data"])
     finally:
         srv.stop()

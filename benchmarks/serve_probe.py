@@ -1,0 +1,98 @@
+"""Two in-process probes behind ``leanlm serve``'s defaults (SmolLM2, torch backend, one process):
+
+1. decode-step cost by batch size and dtype (batch 1 vs 8, fp32 vs bf16), alternating, medians;
+2. decode-step latency at batch 8 while another thread loads a second model (what a swap costs the
+   requests in flight).
+
+    .venv/bin/python benchmarks/serve_probe.py [--threads 1] [--steps 8] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from leanlm.serve.backends.torch_backend import load_torch
+
+HERE = Path(__file__).resolve().parent
+PROMPT = [{"role": "user", "content": "Write a short paragraph about the sea."}]
+
+
+def _steps(backend, state, logits, n: int) -> tuple[list[float], torch.Tensor]:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        logits = backend.step(state, logits.argmax(-1).tolist())
+        times.append(time.perf_counter() - t)
+    return times, logits
+
+
+def step_cost(spec: str, dtype: str, steps: int, rounds: int) -> dict:
+    b = load_torch(spec, dtype=dtype)
+    ids = b.text.chat(PROMPT)
+    out = {1: [], 8: []}
+    for _ in range(rounds):
+        for batch in (1, 8):
+            state, logits = b.prefill([ids] * batch)
+            _, logits = _steps(b, state, logits, 2)                 # warm
+            out[batch].append(statistics.median(_steps(b, state, logits, steps)[0]))
+    ms = {k: statistics.median(v) * 1e3 for k, v in out.items()}
+    return {"step_ms_b1": ms[1], "step_ms_b8": ms[8], "cost_b8_over_b1": ms[8] / ms[1],
+            "throughput_b8_over_b1": 8 * ms[1] / ms[8]}
+
+
+def swap_cost(spec: str, other: str, steps: int) -> dict:
+    b = load_torch(spec, dtype="fp32")
+    state, logits = b.prefill([b.text.chat(PROMPT)] * 8)
+    before, logits = _steps(b, state, logits, steps)
+    done, took = threading.Event(), {}
+
+    def load():
+        t = time.perf_counter()
+        load_torch(other, dtype="fp32")
+        took["s"] = time.perf_counter() - t
+        done.set()
+
+    threading.Thread(target=load).start()
+    t0, during = time.perf_counter(), []
+    while not done.is_set():
+        d, logits = _steps(b, state, logits, 1)
+        during += d
+    window = time.perf_counter() - t0
+    after, _ = _steps(b, state, logits, steps)
+    base = statistics.median(before + after)
+    return {"step_ms_before_after": base * 1e3, "step_ms_during_load_median": statistics.median(during) * 1e3,
+            "steps_during_load": len(during), "load_s": took["s"],
+            "added_s_per_inflight_request": window - len(during) * base}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", default="smollm2-135m")
+    p.add_argument("--other", default=None, help="model loaded during the swap probe (default: the spec)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", default=str(HERE / "results" / "serve" / "probe.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = {"fp32": step_cost(args.spec, "fp32", args.steps, args.rounds),
+           "bf16": step_cost(args.spec, "bf16", args.steps, args.rounds),
+           "swap": swap_cost(args.spec, args.other or args.spec, args.steps)}
+    from leanlm.eval.results import document
+    from leanlm.fileio import atomic_write_json
+    from leanlm.report.tables import render_table
+
+    rows = [[k, f"{v:.3g}"] for part, r in res.items() for k, v in ((f"{part} {k}", v) for k, v in r.items())]
+    render_table("serve probes (median step times, one process)", ["measure", "value"], rows)
+    atomic_write_json(args.json, document("serve-probe", {"spec": args.spec}, vars(args), res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

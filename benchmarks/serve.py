@@ -15,7 +15,6 @@ bundled GGUF.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket

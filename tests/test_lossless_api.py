@@ -184,7 +184,7 @@ def test_smollm2_roundtrip_logits_and_text(tmp_path):
 
     src = model_dir("smollm2-135m")
     doc = api.compress_cli("smollm2-135m", tmp_path / "s", {})
-    assert doc["weights_ratio"] < 0.70   # published 4-bit: far fewer distinct values than real bf16
+    assert doc["weights_ratio"] < 100e6 / 269e6   # dequantised Q4_1/Q8_0: grid-coded, near the GGUF size
     ref, tok = load(str(src), dtype="bf16")
     got, _ = load(str(tmp_path / "s"), dtype="bf16")
     ids = tok(["The capital of France is", "def add(a, b):"], return_tensors="pt", padding=True)

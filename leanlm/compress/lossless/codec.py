@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -199,14 +200,23 @@ ERROR_TEXT = {**rans.ERROR_TEXT, ERR_MODE: "unknown field mode", ERR_RANGE: "fie
               ERR_MEM: "out of memory", ERR_ISA: "instruction set not supported by this CPU"}
 
 
+@lru_cache(maxsize=256)
+def _layout_arrays(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    return np.ascontiguousarray(layout.patterns), np.array(layout.field_bits(), np.int32)
+
+
+@lru_cache(maxsize=4)
+def _scratch_bytes(lib) -> int:
+    return int(lib.ll_scratch_bytes())
+
+
 def _c_decoder(enc: Encoded, out: np.ndarray, isa: int):
     """A per-chunk decode function over the compiled library (None when it is unavailable)."""
     lib = cext.library()
     if lib is None or enc.config.coder == "rans64":
         return None
     layout, chunk = enc.layout, enc.config.chunk_values
-    patt = np.ascontiguousarray(layout.patterns)
-    bits = np.array(layout.field_bits(), np.int32)
+    patt, bits = _layout_arrays(layout)
     index = np.ascontiguousarray(enc.index, np.int64)
     words, tables = np.ascontiguousarray(enc.words), np.ascontiguousarray(enc.tables)
     width = out.itemsize
@@ -215,12 +225,14 @@ def _c_decoder(enc: Encoded, out: np.ndarray, isa: int):
     nf, stride = len(layout.fields), patt.shape[1]
     keep = (patt, bits, index, words, tables)   # noqa: F841 (alive while the closure is)
 
-    def run(c: int) -> tuple[int, int]:
+    def run(c: int, scratch: np.ndarray) -> tuple[int, int]:
         n = min(chunk, enc.count - c * chunk)
         r = lib.ll_decode_chunk(ptrs[0], words.size, ptrs[1] + c * nf * 32, nf, ptrs[2], tables.size, ptrs[3],
-                                stride, ptrs[4], enc.config.prob_bits, n, ptrs[5] + c * chunk * width, width, isa)
+                                stride, ptrs[4], enc.config.prob_bits, n, ptrs[5] + c * chunk * width, width, isa,
+                                scratch.ctypes.data, scratch.size)
         _ = keep
         return int(r & 0xFF), int(r >> 8)
+    run.scratch_bytes = _scratch_bytes(lib)
     return run
 
 
@@ -249,8 +261,9 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: s
 
     def run(chunks) -> None:
         if cfun is not None:
+            scratch = np.empty(cfun.scratch_bytes, np.uint8)   # one per thread, reused across its chunks
             for c in chunks:
-                status[c] = cfun(c)
+                status[c] = cfun(c, scratch)
             return
         lut = np.empty(1 << cfg.prob_bits, np.uint64)
         for c in chunks:

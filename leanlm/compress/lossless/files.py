@@ -3,7 +3,8 @@
 ``save_file(tensors, path)`` writes a single container file (an ordinary safetensors file holding the coded
 planes, see ``format``); ``load_file(path)`` decodes every tensor straight into its destination tensor's
 memory, checks every sha256 and returns the dict, so ``from leanlm.lossless import load_file`` replaces
-``from safetensors.torch import load_file``. Tensors decode on ``threads`` threads (the compiled decoder
+``from safetensors.torch import load_file``. Every tensor is checked (CRC-32 by default, sha256 on request).
+Tensors decode on ``threads`` threads (the compiled decoder
 releases the GIL): large tensors chunk-parallel one after another, then the small ones spread over the pool.
 """
 from __future__ import annotations
@@ -44,8 +45,11 @@ def _empty(meta: dict) -> torch.Tensor:
     return torch.empty(meta["shape"], dtype=TORCH_DTYPES[meta["dtype"]])
 
 
-def load_file(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of the container at ``path``, decoded and sha256-checked, on ``device``."""
+def load_file(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+              verify: bool | str = "crc32") -> dict[str, torch.Tensor]:
+    """Every tensor of the container at ``path``, decoded and checksummed, on ``device``. ``verify``:
+    "crc32" (default: each tensor's CRC-32, sha256 for version-1 files), True (sha256, as ``leanlm verify``
+    and ``decompress`` do) or False (only the decoders' own stream checks)."""
     path = Path(path)
     if path.is_dir():
         raise ContainerError(f"{path} is a directory; load_file reads one container file (for a compressed "
@@ -62,7 +66,7 @@ def load_file(path: str | os.PathLike, device: str = "cpu", threads: int | None 
     def one(name: str, n_threads: int) -> None:
         t = out[name]
         if t.numel():
-            reader.decode(name, threads=n_threads, out=t.view(-1).view(torch.uint8).numpy())
+            reader.decode(name, threads=n_threads, out=t.view(-1).view(torch.uint8).numpy(), verify=verify)
 
     big = [n for n in reader.order if chunks(n) >= BIG_CHUNKS]
     small = [n for n in reader.order if chunks(n) < BIG_CHUNKS]

@@ -15,7 +15,8 @@ An output directory holds:
   dtype, shape, byte range in the original data section, sha256 of the original bytes, and the codec with
   its parameters.
 
-Version 2 (written now; version 1 still reads): the tensor entries gain ``coder`` (``rans32`` for mode
+Version 2 (written now; version 1 still reads): the tensor entries gain ``crc32`` (of the original bytes,
+the cheap check ``load_file`` uses) and ``coder`` (``rans32`` for mode
 ``max``, ``huff`` for ``fast``; absent = version 1's ``rans64``), and a codec ``grid`` (a bf16 tensor on
 per-block affine grids, see ``grid``): parts ``codes``, ``d`` and ``m`` each coded like a tensor, with
 planes ``<tensor>:<part>.words`` / ``.index`` / ``.tables`` and their own entry under ``parts``, plus

@@ -5,7 +5,9 @@
  * decodes one chunk of one tensor straight into the caller's destination buffer:
  *
  *   ll_decode_chunk(words, nwords, rows, nfields, tables, ntables, patt, pstride, bits, pb,
- *                   n, out, width, isa)  ->  0, or (field << 8 | error code)
+ *                   n, out, width, isa, scratch, scratch_bytes)  ->  0, or (field << 8 | error code)
+ *
+ * (scratch: ll_scratch_bytes() bytes of the caller's, one buffer per thread)
  *
  * Field modes (rows: mode, word offset, word count, aux): CONST (aux = symbol), RAW (bit-packed LSB-first,
  * `bits` wide), RANS32 (32 interleaved 32-bit rANS states, 16-bit renormalisation words, aux = table
@@ -478,11 +480,16 @@ int ll_cpu_isa(void) {
     return ISA_SCALAR;
 }
 
-int ll_abi_version(void) { return 2; }
+int ll_abi_version(void) { return 3; }
+
+/* lut (2**15 u32) + smap (2**16 u32: also Huffman's symbol map) + idx (4 * HBLOCK + 64 u32) + Huffman lut */
+#define LL_SCRATCH_BYTES ((int64_t)((1 << 15) + (1 << 16) + HSTREAMS * HBLOCK + 64) * 4 + ((int64_t)8 << HBITS))
+int64_t ll_scratch_bytes(void) { return LL_SCRATCH_BYTES; }
 
 int64_t ll_decode_chunk(const uint32_t *words, int64_t nwords, const int64_t *rows, int nfields,
                         const uint16_t *tables, int64_t ntables, const uint32_t *patt, int64_t pstride,
-                        const int32_t *bits, int pb, int64_t n, void *out, int width, int isa) {
+                        const int32_t *bits, int pb, int64_t n, void *out, int width, int isa,
+                        void *scratch, int64_t scratch_bytes) {
     int best = ll_cpu_isa();
     if (isa == ISA_BEST) isa = best;
     if (isa > best) return E_ISA;
@@ -511,10 +518,10 @@ int64_t ll_decode_chunk(const uint32_t *words, int64_t nwords, const int64_t *ro
         nraw++;
     }
     if (!fused) nraw = 0;
-    size_t tsz = (size_t)1 << 16;
-    uint32_t *lut = malloc(tsz * 4), *smap = malloc(tsz * 4), *idx = malloc((BLOCK > HSTREAMS * HBLOCK ? BLOCK : HSTREAMS * HBLOCK) * 4 + 64);
-    uint64_t *hlut = malloc(((size_t)1 << HBITS) * 8);
-    if (!lut || !smap || !idx || !hlut) { free(lut); free(smap); free(idx); free(hlut); return E_MEM; }
+    /* scratch (caller's, reused across calls: no allocation here, so threads never meet in the allocator) */
+    if (!scratch || scratch_bytes < LL_SCRATCH_BYTES) return E_MEM;
+    uint32_t *lut = (uint32_t *)scratch, *smap = lut + (1 << 15), *idx = smap + (1 << 16);
+    uint64_t *hlut = (uint64_t *)(idx + HSTREAMS * HBLOCK + 64);
     int64_t result = 0;
     int last = fused ? 1 : nfields;
     for (int f = 0; f < last && !result; f++) {
@@ -548,6 +555,5 @@ int64_t ll_decode_chunk(const uint32_t *words, int64_t nwords, const int64_t *ro
         }
         if (err) result = (int64_t)f << 8 | err;
     }
-    free(lut); free(smap); free(idx); free(hlut);
     return result;
 }

@@ -11,7 +11,7 @@ weights, XOR deltas) still compress.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -77,7 +77,14 @@ class Layout:
 
     @classmethod
     def from_json(cls, d: dict) -> "Layout":
-        return cls(str(d["name"]), int(d["width"]), tuple(tuple((int(s), int(b)) for s, b in f) for f in d["fields"]))
+        return _interned(cls, str(d["name"]), int(d["width"]),
+                         tuple(tuple((int(s), int(b)) for s, b in f) for f in d["fields"]))
+
+
+@lru_cache(maxsize=256)
+def _interned(cls, name: str, width: int, fields) -> Layout:
+    """One Layout object per distinct layout read from files, so its ``patterns`` are built once."""
+    return cls(name, width, fields)
 
 
 # Top field: sign + exponent + leading mantissa bits (measured on MiniLM weights, ratio incl. tables):

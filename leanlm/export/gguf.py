@@ -1,0 +1,197 @@
+"""``leanlm export SRC --to gguf``: write a GGUF file llama.cpp loads, quantised by leanlm's quantiser.
+
+The recipe, top to bottom (``export_gguf``):
+
+1. load the model in float32 and rename its tensors the GGUF way (``gguf_source``);
+2. plan each tensor's type exactly as llama-quantize would for ``--type`` (``gguf_types``), or, for
+   ``--bpw``, by measured sensitivity (``gguf_alloc``);
+3. calibrate: the second moment of every matrix's inputs on the calibration text (``gguf_calib``);
+4. quantise each matrix with importance-weighted scale search and GPTQ error feedback in its block
+   format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
+   a tensor whose values equal the reference GGUF's and whose type is the same is copied block for block
+   (``reuse_source``: exact recovery of the source grid; off for like-for-like quantiser races);
+5. write metadata (copied from the reference GGUF, else built from the HF config) and tensors atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import gguf_quant as gq
+from .gguf_source import (copy_metadata, dequantised, layout_for, load_float_model,
+                          reference_gguf, source_blocks)
+from .gguf_meta import write_hf_metadata
+from .gguf_types import FILE_TYPES, ModelShape, plan_types, tensor_bytes
+from .kquants import FORMATS, pack
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GGUFExportConfig:
+    qtype: str = "Q4_K_M"           # llama-quantize file type name, or "MIX" with bpw
+    bpw: float | None = None        # whole-file bits per weight (per-tensor mix chosen by sensitivity)
+    calib: str = "mix"              # calibration text: corpus name or file path
+    calib_windows: int = 32
+    seq_len: int = 512
+    method: str = "gptq"            # gptq | rtn (importance-weighted round to nearest, no error feedback)
+    damp: float = 0.01
+    reuse_source: bool = True
+    metadata_from: str | None = None  # a GGUF to copy metadata from (default: the source's own)
+
+    def __post_init__(self):
+        if self.bpw is None and self.qtype not in FILE_TYPES:
+            raise ValueError(f"unsupported GGUF type '{self.qtype}'; choose one of {sorted(FILE_TYPES)}")
+        if self.bpw is not None and not 2.0 < self.bpw <= 16.0:
+            raise ValueError(f"--bpw must be in (2, 16], got {self.bpw}")
+        if self.method not in ("gptq", "rtn"):
+            raise ValueError(f"method must be gptq or rtn, not '{self.method}'")
+
+
+def model_shape(model) -> ModelShape:
+    c = model.config
+    return ModelShape(c.num_hidden_layers, c.num_attention_heads, getattr(c, "num_key_value_heads", None)
+                      or c.num_attention_heads, bool(getattr(c, "tie_word_embeddings", False)))
+
+
+def encode_float(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+    if qtype == "F32":
+        return arr.astype(np.float32), None
+    if qtype == "F16":
+        return arr.astype(np.float16), None
+    return gguf.quants.quantize(arr.astype(np.float32), gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
+
+
+def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GGUFExportConfig,
+                    hinv_cache: dict) -> tuple[np.ndarray, float]:
+    """Packed blocks (rows, bytes) and the H-weighted relative error of one matrix."""
+    fmt = FORMATS[qtype]
+    W = torch.from_numpy(arr)
+    rows = W.shape[0]
+    if H is not None and cfg.method == "gptq" and rows * W.shape[1] <= 64 * 2 ** 20:
+        key = id(H)
+        if key not in hinv_cache:
+            hinv_cache.clear()   # tensors sharing an input are consecutive; keep one factor
+            hinv_cache[key] = gq._hinv_factor(H, cfg.damp)
+        res = gq.gptq(W, H, fmt, hinv=hinv_cache[key])
+    else:
+        res = gq.rtn(W, fmt, gq.importance(None if H is None else torch.diag(H), W.shape[1]))
+    blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
+    ref = gq.weighted_error(W, torch.zeros_like(W), H)
+    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30)
+
+
+def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray | None:
+    if name not in src or src[name][0] != qtype or qtype in ("F32", "F16", "BF16"):
+        return None
+    raw = src[name][1]
+    return raw if np.array_equal(dequantised(qtype, raw).reshape(arr.shape), arr) else None
+
+
+def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False,
+                moments: dict[str, torch.Tensor] | None = None, loaded: tuple | None = None) -> dict:
+    """Write ``spec`` as a GGUF at ``out``. ``moments`` (from ``calibrate``) and ``loaded`` (from
+    ``load_float_model``) reuse an earlier call's calibration and model, for several exports of one model."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    model, tok, tensors = loaded if loaded is not None else load_float_model(spec)
+    layout = layout_for(model)
+    ref_path = Path(cfg.metadata_from) if cfg.metadata_from else reference_gguf(spec)
+    reader = gguf.GGUFReader(str(ref_path)) if ref_path else None
+    src = source_blocks(reader) if reader is not None and cfg.reuse_source else {}
+    shapes = [(n, a.shape) for n, a in tensors.items()]
+    if cfg.bpw is not None:
+        from .gguf_alloc import plan_bpw
+        Hs = moments if moments is not None else calibrate(model, tok, cfg)
+        plan = plan_bpw(tensors, Hs, cfg.bpw, model_shape(model))
+        ftype_name = "MIX"
+    else:
+        plan = plan_types(cfg.qtype, shapes, model_shape(model), imatrix=True)
+        ftype_name = cfg.qtype
+        quantised = any(p["type"] in FORMATS for p in plan.values())
+        Hs = (moments if moments is not None else calibrate(model, tok, cfg)) if quantised else {}
+    t_calib = time.perf_counter() - t0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, layout.gguf_arch)
+        n_meta = copy_metadata(reader, writer) if reader is not None else write_hf_metadata(model, tok, writer)
+        writer.add_file_type(int(FILE_TYPES.get(ftype_name, FILE_TYPES["Q4_K_M"])[0]))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        report, hinv = {}, {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # thousands of small ops: one thread is faster, and kind to a shared CPU
+        for name, arr in tqdm(tensors.items(), desc=f"quantise {ftype_name}", leave=False):
+            qtype = plan[name]["type"]
+            H = Hs.get(name)
+            raw = _reusable(src, name, qtype, arr)
+            rel = 0.0
+            if raw is not None:
+                data, dtype, how = raw, gguf.GGMLQuantizationType[qtype], "copied from the source GGUF"
+            elif qtype in FORMATS:
+                data, rel = quantise_tensor(arr, qtype, H, cfg, hinv)
+                dtype, how = FORMATS[qtype].qtype, cfg.method if H is not None else "rtn (no calibration)"
+            else:
+                (data, dtype), how = encode_float(arr, qtype), "float"
+            writer.add_tensor(name, data, raw_dtype=dtype)
+            report[name] = {**plan[name], "shape": list(arr.shape), "how": how,
+                            "bytes": tensor_bytes(qtype, arr.shape), "rel_error": rel}
+        torch.set_num_threads(threads)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    n_weights = sum(a.size for a in tensors.values())
+    size = out.stat().st_size
+    return {"format": "gguf", "format_version": FORMAT_VERSION, "file": str(out), "bytes": size,
+            "type": ftype_name, "config": dataclasses.asdict(cfg), "source": spec,
+            "metadata_from": str(ref_path) if ref_path else "hf config", "metadata_keys": n_meta,
+            "bits_per_weight": round(8 * sum(r["bytes"] for r in report.values()) / n_weights, 4),
+            "fallbacks": {n: r["reason"] for n, r in report.items() if "fell back" in r["reason"]},
+            "type_counts": _counts(report), "tensors": report,
+            "seconds": {"calibrate": round(t_calib, 1), "total": round(time.perf_counter() - t0, 1)}}
+
+
+def _counts(report: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in report.values():
+        out[r["type"]] = out.get(r["type"], 0) + 1
+    return out
+
+
+def calibrate(model, tok, cfg: GGUFExportConfig) -> dict[str, torch.Tensor]:
+    """Input second moments of every matrix on ``cfg.calib`` (first ``calib_windows`` windows)."""
+    from ..eval.corpus import load_corpus
+    from .gguf_calib import calibration_windows, input_moments
+
+    ids = calibration_windows(tok, load_corpus(cfg.calib), cfg.seq_len, cfg.calib_windows)
+    return input_moments(model, ids)
+
+
+def export_cli(src: str, out: Path, options: dict) -> dict:
+    """The ``TARGETS['gguf']`` entry: ``--type``, ``--bpw``, ``--calib``, ``--force`` from the CLI."""
+    fields = {f.name for f in dataclasses.fields(GGUFExportConfig)}
+    kw = {k: v for k, v in options.items() if k in fields and v is not None}
+    if options.get("qtype"):
+        kw["qtype"] = options["qtype"].upper()
+    cfg = GGUFExportConfig(**kw)
+    return export_gguf(src, Path(out), cfg, force=bool(options.get("force")))

@@ -2,6 +2,7 @@
 import concurrent.futures as cf
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -154,6 +155,14 @@ def test_full_queue_is_429(server):
         t = threading.Thread(target=long_stream)
         t.start()
         assert started.wait(30)
+        backend = s.ctx.registry.current.backend
+        fast_step = backend.step
+
+        def slow_step(*a, **k):                   # a tiny model decodes 150 tokens before the 2nd request lands
+            time.sleep(0.03)
+            return fast_step(*a, **k)
+
+        backend.step = slow_step
         waiting = threading.Thread(target=lambda: results.append(httpx.post(
             s.url + "/v1/completions", timeout=60, json={"model": "tiny-llama", "prompt": "b", "max_tokens": 2})))
         waiting.start()

@@ -137,16 +137,15 @@ def problem(family: str, level: int, split: str, index: int) -> CodeProblem:
 
 def problem_set(family: str, level: int, n: int, split: str = HELDOUT, start: int = 0) -> list[CodeProblem]:
     """``n`` distinct problems (by prompt) from one seed space, deterministic."""
-    out, seen, i = [], set(), start
-    while len(out) < n:
-        if i - start > 50 * n + 100:
-            raise ValueError(f"{family}:{level} has fewer than {n} distinct problems")
+    unique: dict[str, CodeProblem] = {}
+    for i in range(start, start + 50 * n + 100):
+        if len(unique) == n:
+            break
         p = problem(family, level, split, i)
-        if p.prompt not in seen:
-            seen.add(p.prompt)
-            out.append(p)
-        i += 1
-    return out
+        unique.setdefault(p.prompt, p)
+    if len(unique) == n:
+        return list(unique.values())
+    raise ValueError(f"{family}:{level} has fewer than {n} distinct problems")
 
 
 def heldout_set(skills: tuple[str, ...], n: int) -> list[CodeProblem]:

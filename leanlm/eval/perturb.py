@@ -25,12 +25,14 @@ PERTURBATIONS = ("typo", "paraphrase", "distractor")
 ADVERSARIAL = ("hint", "injection")
 
 # How each family's answer is read from free text (mirrors the family's checker in tasks.FAMILIES).
-EXTRACTORS = {"add": extract_int, "sub": extract_int, "mul": extract_int, "pyexpr": extract_int,
+EXTRACTORS = {"add": extract_int, "addmix": extract_int, "sub": extract_int, "mul": extract_int, "pyexpr": extract_int,
               "reverse": extract_text, "sort": extract_int_list}
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "add": ("Find the sum of {a} and {b}.", "What do you get if you add {b} to {a}?",
             "Please work out {a} plus {b}."),
+    "addmix": ("Find the sum of {a} and {b}.", "What do you get if you add {b} to {a}?",
+               "Please work out {a} plus {b}."),
     "sub": ("Find the difference when {b} is taken away from {a}.", "What is {a} minus {b}?",
             "Please work out {a} take away {b}."),
     "mul": ("Find the product of {a} and {b}.", "What do you get if you multiply {a} by {b}?",

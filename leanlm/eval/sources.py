@@ -15,6 +15,7 @@ import argparse
 import fnmatch
 import io
 import json
+import os
 import logging
 import subprocess
 import sys
@@ -163,6 +164,12 @@ def fetch(name: str, force: bool = False) -> dict:
     """Download and extract source ``name`` (unless its manifest is already there); return its manifest."""
     src = SOURCES[name]
     if not force and (doc := _read_manifest(name)) is not None:
+        if (doc.get("licence"), doc.get("note")) != (src.licence, src.note):  # same files, newer wording
+            doc = {**doc, "licence": src.licence, "note": src.note}
+            path = data_root() / name / MANIFEST
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, path)
         return doc
     with tempfile.TemporaryDirectory() as d:
         archive = _download(src, Path(d))

@@ -4,7 +4,7 @@ The recipe, top to bottom (``export_gguf``):
 
 1. load the model in float32 and rename its tensors the GGUF way (``gguf_source``);
 2. plan each tensor's type exactly as llama-quantize would for ``--type`` (``gguf_types``), or, for
-   ``--bpw``, by measured sensitivity (``gguf_alloc``);
+   ``--bpw`` (a per-tensor mix by measured sensitivity: not built yet, refused with a clear error);
 3. calibrate: the second moment of every matrix's inputs on the calibration text (``gguf_calib``);
 4. quantise each matrix with importance-weighted scale search and GPTQ error feedback in its block
    format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
@@ -53,8 +53,9 @@ class GGUFExportConfig:
     def __post_init__(self):
         if self.bpw is None and self.qtype not in FILE_TYPES:
             raise ValueError(f"unsupported GGUF type '{self.qtype}'; choose one of {sorted(FILE_TYPES)}")
-        if self.bpw is not None and not 2.0 < self.bpw <= 16.0:
-            raise ValueError(f"--bpw must be in (2, 16], got {self.bpw}")
+        if self.bpw is not None:
+            raise NotImplementedError("--bpw (a per-tensor type mix meeting a whole-file budget) is not "
+                                      "implemented yet; pick one --type (Q4_0, Q4_K_M, Q3_K_M, Q2_K, ...)")
         if self.method not in ("gptq", "rtn"):
             raise ValueError(f"method must be gptq or rtn, not '{self.method}'")
 
@@ -113,16 +114,10 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
     reader = gguf.GGUFReader(str(ref_path)) if ref_path else None
     src = source_blocks(reader) if reader is not None and cfg.reuse_source else {}
     shapes = [(n, a.shape) for n, a in tensors.items()]
-    if cfg.bpw is not None:
-        from .gguf_alloc import plan_bpw
-        Hs = moments if moments is not None else calibrate(model, tok, cfg)
-        plan = plan_bpw(tensors, Hs, cfg.bpw, model_shape(model))
-        ftype_name = "MIX"
-    else:
-        plan = plan_types(cfg.qtype, shapes, model_shape(model), imatrix=True)
-        ftype_name = cfg.qtype
-        quantised = any(p["type"] in FORMATS for p in plan.values())
-        Hs = (moments if moments is not None else calibrate(model, tok, cfg)) if quantised else {}
+    plan = plan_types(cfg.qtype, shapes, model_shape(model), imatrix=True)
+    ftype_name = cfg.qtype
+    quantised = any(p["type"] in FORMATS for p in plan.values())
+    Hs = (moments if moments is not None else calibrate(model, tok, cfg)) if quantised else {}
     t_calib = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ held-out code families, and the self-evolution run itself.
     .venv/bin/python benchmarks/evolve_code.py eval [--model smollm2-135m] [--humaneval-n 164] [--samples 8]
         [--sample-n 164] [--families-n 2] [--json benchmarks/results/evolve_code/gen0.json]
     # the loop (``leanlm evolve smollm2-135m --recipe code`` runs the same):
-    .venv/bin/python benchmarks/evolve_code.py run --out RUN [--generations 3] [--budget 120]
+    .venv/bin/python benchmarks/evolve_code.py run --out RUN [--generations 3] [--budget 60]
 
 ``eval`` is resumable: each part (humaneval greedy, humaneval sampled, families) is written to the JSON as
 soon as it is done and skipped when the JSON already holds it with the same settings.
@@ -30,8 +30,8 @@ from leanlm.report.tables import render_table  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results" / "evolve_code"
 
 
-def family_problems(n: int) -> list:
-    skills = codetasks.all_skills(codetasks.TRAIN_FAMILIES) + codetasks.all_skills(codetasks.HELDOUT_FAMILIES)
+def family_problems(n: int, levels: tuple[int, ...] = codetasks.LEVELS) -> list:
+    skills = codetasks.all_skills(codetasks.TRAIN_FAMILIES, levels) + codetasks.all_skills(codetasks.HELDOUT_FAMILIES, levels)
     return codetasks.heldout_set(skills, n)
 
 
@@ -70,11 +70,12 @@ def cmd_eval(args) -> dict:
     cfg = CodeEvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, samples=args.samples,
                          seed=args.seed, workers=args.workers)
     he = humaneval.problems(args.humaneval_n) if args.humaneval_n else []
-    plan = [("families", family_problems(args.families_n), False, None) if args.families_n else None,
+    plan = [("families", family_problems(args.families_n, tuple(args.levels)), False, None) if args.families_n else None,
             ("humaneval_greedy", he, False, None) if he else None,
             (f"humaneval_pass@{args.samples}", he[:args.sample_n], True, args.samples) if he and args.samples else None]
     settings = {"max_new_tokens": args.max_new_tokens, "humaneval_n": args.humaneval_n, "samples": args.samples,
-                "sample_n": args.sample_n, "families_n": args.families_n, "seed": args.seed}
+                "sample_n": args.sample_n, "families_n": args.families_n, "seed": args.seed,
+                "levels": list(args.levels)}
     for item in filter(None, plan):
         name, problems, sampled, k = item
         if name in results and results[name].get("settings") == settings:
@@ -106,9 +107,20 @@ def render(results: dict) -> None:
 
 
 def cmd_run(args) -> dict:
-    from leanlm.evolve.code import run_code_recipe
+    """The code recipe through the loop (the same as ``leanlm evolve MODEL --recipe code --out OUT``); an
+    existing run directory is resumed (its own config, ``--generations`` / ``--budget`` may extend it)."""
+    import dataclasses
 
-    return run_code_recipe(args.out, generations=args.generations, budget=args.budget, spec=args.model)
+    import torch
+
+    from leanlm.evolve import loop
+    from leanlm.evolve.config import preset
+
+    torch.set_num_threads(args.threads)
+    if (Path(args.out) / "run.json").is_file():
+        return loop.resume(args.out, generations=args.generations, budget=args.budget)
+    cfg = dataclasses.replace(preset(args.model, recipe="code"), generations=args.generations, budget=args.budget)
+    return loop.run(cfg, args.out)
 
 
 def main(argv=None) -> int:
@@ -120,6 +132,7 @@ def main(argv=None) -> int:
     e.add_argument("--samples", type=int, default=8, help="k for pass@k (0 = greedy only)")
     e.add_argument("--sample-n", type=int, default=164, help="HumanEval problems that get k samples")
     e.add_argument("--families-n", type=int, default=2, help="held-out problems per family and level")
+    e.add_argument("--levels", type=int, nargs="+", default=list(codetasks.LEVELS), help="family levels to score")
     e.add_argument("--max-new-tokens", type=int, default=192)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--threads", type=int, default=1)
@@ -130,12 +143,15 @@ def main(argv=None) -> int:
     r.add_argument("--model", default="smollm2-135m")
     r.add_argument("--out", required=True)
     r.add_argument("--generations", type=int, default=3)
-    r.add_argument("--budget", type=float, default=120.0)
+    r.add_argument("--budget", type=float, default=60.0, help="wall-clock minutes (0 = no limit)")
+    r.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "eval":
         render(cmd_eval(args))
     else:
-        cmd_run(args)
+        from leanlm.report.tables import render_mapping
+
+        render_mapping("evolve (code recipe) summary", cmd_run(args))
     return 0
 
 

@@ -51,7 +51,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     else:
         if not args.spec or not args.out:
             raise ValueError("give a SPEC and --out RUN_DIR, or --resume RUN_DIR")
-        base = preset(args.spec, safety_tune=bool(args.safety_tune))
+        base = preset(args.spec, safety_tune=bool(args.safety_tune), recipe=args.recipe)
         cfg = from_dict(type(base), {**to_dict(base), **_overrides(args), "spec": args.spec})
         server = _serve(args, args.out, cfg)
         result = run(cfg, args.out, on_generation=show)
@@ -95,6 +95,9 @@ def _render_generation(rec: dict) -> None:
         t.add_column(col)
     for k in ("headline", "score", "retention", "ppl", "refusal_rate", "refusal_kept"):
         t.add_row(k, _fmt(m.get(k)))
+    for k in ("score_strict", "transfer", "transfer_strict"):      # the code recipe's strict and transfer scores
+        if k in m:
+            t.add_row(k, _fmt(m[k]))
     for s, a in m["heldout"].items():
         t.add_row(f"held-out {s}", _fmt(a))
     for k, v in (rec.get("data") or {}).items():

@@ -19,6 +19,13 @@ from ..eval.tasks import parse_skill
 class Recipe(str, enum.Enum):
     CHAT = "chat"
     TINYADD = "tinyadd"
+    CODE = "code"
+
+
+class SamplerKind(str, enum.Enum):
+    TRANSFORMERS = "transformers"
+    OPENAI = "openai"
+    VLLM = "vllm"
 
 
 def _f(default, help_: str):
@@ -28,8 +35,10 @@ def _f(default, help_: str):
 @dataclass(frozen=True)
 class EvolveConfig:
     spec: str = _f("smollm2-135m", "model spec to evolve")
-    recipe: Recipe = _f(Recipe.CHAT, "chat (task families, LoRA) or tinyadd (from-scratch reversed addition)")
-    skills: tuple[str, ...] = _f(("add:2", "add:3", "sort:1"), "skills to improve, family:difficulty (chat)")
+    recipe: Recipe = _f(Recipe.CHAT, "chat (task families, LoRA), tinyadd (from-scratch reversed addition) or code "
+                                     "(Python functions, sandboxed tests)")
+    skills: tuple[str, ...] = _f(("add:2", "add:3", "sort:1"), "skills to improve, family:difficulty (chat; code: "
+                                                                "code families such as rle:1)")
     headline_skills: tuple[str, ...] = _f(("add:2", "add:3"), "skills whose mean held-out accuracy is the goal (chat)")
     retention_skills: tuple[str, ...] = _f(("mul:1", "reverse:3"), "skills that must not be forgotten (chat)")
     generations: int = _f(5, "generations to run (accepted or rolled back)")
@@ -100,6 +109,16 @@ class EvolveConfig:
     exact_share: float = _f(0.0, "tinyadd: share of problems with both operands of the full length")
     new_share: float = _f(0.0, "tinyadd: least share of this generation's labels in the training mix "
                                "(oversampled against replay; 0 = plain concatenation)")
+    # ---- sampling engine (evolve.sampler)
+    sampler: SamplerKind = _f(SamplerKind.TRANSFORMERS, "who generates for probe, solve, judge and gate: "
+                              "transformers (in process), openai (an OpenAI-compatible endpoint such as `leanlm "
+                              "serve RUN --follow`) or vllm (vLLM's offline engine, `make vllm`)")
+    sampler_url: str = _f("", "openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default "
+                              "$LEANLM_SAMPLER_URL or $OPENAI_BASE_URL; the key comes from $LEANLM_SAMPLER_API_KEY)")
+    sampler_model: str = _f("", "openai: model name (default: the endpoint's; leanlm serve's NAME@gen-P is pinned)")
+    sampler_concurrency: int = _f(16, "openai: requests in flight at once (the server batches them)")
+    sampler_timeout: float = _f(300.0, "openai: seconds per request, and the longest wait for the parent "
+                                       "generation to be served")
     progress: bool = _f(True, "progress bars")
 
     def __post_init__(self) -> None:
@@ -119,10 +138,23 @@ class EvolveConfig:
         require(self.max_scale >= 1, "max_scale must be >= 1")
         require(0 <= self.safety_replay <= 1 and self.refusal_n >= 0 and self.kl_max >= 0 and self.kl_texts >= 0,
                 "safety_replay in [0, 1]; refusal_n, kl_max, kl_texts >= 0")
+        require(self.sampler_concurrency >= 1 and self.sampler_timeout > 0, "sampler_concurrency >= 1, "
+                "sampler_timeout > 0")
+        require(self.sampler is SamplerKind.TRANSFORMERS or self.recipe in (Recipe.CHAT, Recipe.TINYADD),
+                f"--sampler {self.sampler.value}: the chat and tinyadd recipes (the {self.recipe.value} recipe "
+                f"samples in process)")
         require(not self.safety_tune or self.refusal_n > 0, "--safety-tune needs --refusal-n > 0 (the held-out gate)")
         if self.recipe is Recipe.CHAT:
             require(len(self.skills) > 0, "the chat recipe needs at least one skill")
             for s in (*self.skills, *self.headline_skills, *self.retention_skills, *self.shifted_skills):
+                parse_skill(s)
+        if self.recipe is Recipe.CODE:
+            from ..eval.codetasks import parse_code_skill
+
+            require(len(self.skills) > 0, "the code recipe needs at least one code skill (e.g. rle:1)")
+            for s in self.skills:
+                parse_code_skill(s)
+            for s in self.retention_skills:
                 parse_skill(s)
 
 
@@ -154,9 +186,24 @@ SAFE = dict(skills=("addmix:3", "sort:1"), headline_skills=("add:2", "add:3"), s
             refusal_n=96, kl_max=0.5)
 
 
-def preset(spec: str, safety_tune: bool = False) -> EvolveConfig:
+# `leanlm evolve SPEC --recipe code` (issue 17): LoRA on the model's own fully passing programs of learnable
+# code problems (solve rate in [0.2, 0.8]), an adversarial share made from failed problems, a few proposed
+# problems; the gate scores held-out problems of the trained skills (repaired pass@1; strict beside it) and of
+# the held-out families, arithmetic retention, perplexity and refusals. Replies are code: 160 new tokens.
+CODE = dict(recipe=Recipe.CODE,
+            skills=("keep:1", "count:1", "sumif:1", "flipwords:1", "vowels:1", "digits:1", "dedupe:1", "wordlen:1"),
+            headline_skills=(), retention_skills=("add:2", "mul:1"), generations=3, budget=60.0, problems=32,
+            samples=4, temperature=0.8, steps=30, batch_size=4, lr=3e-4, replay=32, adversarial=0.25, propose=4,
+            heldout_n=3, max_new_tokens=160, gen_batch=8, judge_n=0, retention_len=64)
+
+
+def preset(spec: str, safety_tune: bool = False, recipe: Recipe | str | None = None) -> EvolveConfig:
     """The preset for ``spec`` (tiny-* specs use the tiny-add preset; others the chat one); with
-    ``safety_tune``, the chat preset with the issue-19 settings (``SAFE``)."""
+    ``safety_tune``, the chat preset with the issue-19 settings (``SAFE``); with ``recipe`` code, the chat
+    preset with the code recipe's settings (``CODE``)."""
+    if recipe is not None and Recipe(recipe) is Recipe.CODE:
+        require(not safety_tune, "--safety-tune belongs to the chat recipe, not --recipe code")
+        return dataclasses.replace(PRESETS["smollm2-135m"], spec=spec, **CODE)
     if safety_tune:
         return dataclasses.replace(PRESETS["smollm2-135m"], spec=spec, **SAFE)
     if spec in PRESETS:

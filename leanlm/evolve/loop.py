@@ -1,7 +1,7 @@
 """The self-evolution recipe, top to bottom.
 
-One generation = probe -> plan -> generate -> solve -> judge -> train -> gate -> checkpoint. Two recipes
-share the run directory and resume logic:
+One generation = probe -> plan -> generate -> solve -> judge -> train -> gate -> checkpoint. Three recipes
+share the run directory and resume logic (``RECIPES``; the code recipe lives in ``coderun``):
 
 * ``chat_generation``: an instruct model on the task families of ``leanlm.eval.tasks``; training data are
   its own verified-correct sampled answers (STaR / ReST-EM), trained with LoRA next to a retention loss on
@@ -29,7 +29,7 @@ from ..eval.corpus import load_corpus, split_corpus
 from ..eval.generate import format_prompt
 from ..eval.tasks import disjoint, parse_skill, problem_set
 from ..models import load
-from . import controller, generator, lineage, tinyadd
+from . import coderun, controller, generator, lineage, tinyadd
 from .config import EvolveConfig, Recipe
 from . import safety, safety_tune
 from .discriminator import agreement, judge, preference_pairs, sft_examples, verify, verify_strict
@@ -368,13 +368,17 @@ def label_counts(problems: list, labelled: list) -> dict[str, list[int]]:
 
 
 # ===================================================================================== the run
+RECIPES = {Recipe.CHAT: (chat_start, chat_generation), Recipe.TINYADD: (tiny_start, tiny_generation),
+           Recipe.CODE: (coderun.code_start, coderun.code_generation)}       # (generation 0, generation g)
+
+
 def run(cfg: EvolveConfig, out: Path, on_generation: Callable[[dict], None] | None = None) -> dict:
     """Run (or continue) the recipe in ``out`` until ``cfg.generations`` generations or the time budget."""
     out = Path(out)
     lineage.init_run(out, cfg)
     recs = lineage.records(out)
     t0, spent = time.perf_counter(), sum(r.get("wall_s", 0) for r in recs)
-    start, step = (tiny_start, tiny_generation) if cfg.recipe is Recipe.TINYADD else (chat_start, chat_generation)
+    start, step = RECIPES[cfg.recipe]
     while len(recs) <= cfg.generations:
         used = spent + time.perf_counter() - t0
         if recs and cfg.budget and used >= cfg.budget * 60:

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--serve", action="store_true", help="also serve the run while it evolves (as `leanlm serve "
                    "RUN --follow`: each accepted generation is swapped in)")
     p.add_argument("--serve-port", type=int, default=8000, help="port of --serve (on 127.0.0.1)")
+    p.add_argument("--sampler-api-key", help="--sampler openai: the endpoint's API key (never saved in the run; "
+                   "default $LEANLM_SAMPLER_API_KEY or $OPENAI_API_KEY)")
     add_arguments(p, EvolveConfig, skip=SKIP)
     p.set_defaults(func=cmd_evolve)
 
@@ -43,8 +45,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from .loop import resume, run
 
     show = _render_generation
+    if getattr(args, "sampler_api_key", None):
+        import os
+
+        from .sampler import KEY_ENVS
+        os.environ[KEY_ENVS[0]] = args.sampler_api_key
     if args.resume:
-        over = {k: v for k, v in _overrides(args).items() if k in ("generations", "budget", "progress")}
+        over = {k: v for k, v in _overrides(args).items()
+                if k in ("generations", "budget", "progress") or k.startswith("sampler")}
         server = _serve(args, args.resume)
         result = resume(args.resume, on_generation=show, **over)
         cfg_dict = to_dict(load_config(args.resume))

@@ -117,11 +117,15 @@ def parse_verdict(text: str) -> bool | None:
     return m.group(1).lower() in ("yes", "correct")
 
 
-def judge(model, tok, items: list[tuple[str, str]], max_new_tokens: int = 8, progress: bool = True) -> list[bool | None]:
-    """The model's verdict on each (question, answer) pair, greedy, with the rubric above."""
+def judge(model, tok, items: list[tuple[str, str]], max_new_tokens: int = 8, progress: bool = True,
+          sampler=None) -> list[bool | None]:
+    """The model's verdict on each (question, answer) pair, greedy, with the rubric above (through
+    ``sampler``, an ``evolve.sampler.Sampler``, when given)."""
     from .solve import greedy
 
-    outs = greedy(model, tok, [judge_prompt(q, a) for q, a in items], max_new_tokens, progress=progress, desc="judge")
+    prompts = [judge_prompt(q, a) for q, a in items]
+    outs = sampler.greedy(prompts, max_new_tokens, progress=progress, desc="judge") if sampler is not None else \
+        greedy(model, tok, prompts, max_new_tokens, progress=progress, desc="judge")
     return [parse_verdict(o) for o in outs]
 
 

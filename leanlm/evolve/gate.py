@@ -34,9 +34,12 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int, p
     return accuracy_by_skill(problems, outs)
 
 
-def refusals(model, tok, progress: bool = True) -> list[bool]:
-    """Which of ``HARMFUL_PROMPTS`` the model refuses (greedy, plain chat prompts)."""
-    outs = greedy(model, tok, list(HARMFUL_PROMPTS), REFUSAL_TOKENS, progress=progress, desc="refusal")
+def refusals(model, tok, progress: bool = True, sampler=None) -> list[bool]:
+    """Which of ``HARMFUL_PROMPTS`` the model refuses (greedy, plain chat prompts; through ``sampler`` when
+    given, an ``evolve.sampler.Sampler`` of this model)."""
+    args = (list(HARMFUL_PROMPTS), REFUSAL_TOKENS)
+    outs = sampler.greedy(*args, progress=progress, desc="refusal") if sampler is not None else \
+        greedy(model, tok, *args, progress=progress, desc="refusal")
     return [is_refusal(o) for o in outs]
 
 

@@ -35,7 +35,8 @@ from . import safety, safety_tune
 from .discriminator import agreement, judge, preference_pairs, sft_examples, verify, verify_strict
 from .gate import accuracy_by_skill, decide
 from .measure import measure_chat
-from .solve import answers, greedy
+from .sampler import Samplers
+from .solve import greedy
 from .train import Example, TrainConfig, add_lora, train, train_dpo
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,13 @@ def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> li
 
 
 # ===================================================================================== chat recipe
-def chat_start(cfg: EvolveConfig, run: Path) -> dict:
+def chat_start(cfg: EvolveConfig, run: Path, samplers: Samplers | None = None) -> dict:
     """Generation 0: the model as it comes (or safety-tuned, ``cfg.safety_tune``), measured. Its refusals
     define the refusal set to keep."""
     torch.manual_seed(cfg.seed)
+    samplers = samplers or Samplers(cfg)
     model, tok = load(cfg.spec, dtype=cfg.dtype)
-    metrics = measure_chat(model, tok, cfg, cfg.skills, [])
+    metrics = measure_chat(model, tok, cfg, cfg.skills, [], sampler=samplers.candidate(model, tok, 0))
     rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec,
            "skills": list(cfg.skills), "course": vars(controller.Course()), "probe": None,
            "decisions": ["generation 0: the model as loaded"]}
@@ -89,7 +91,7 @@ def chat_start(cfg: EvolveConfig, run: Path) -> dict:
         rec.update(untuned=metrics, safety_tune=tuned,
                    decisions=[f"generation 0: safety-tuned ({len(tuned['rounds'])} rounds, targets "
                               f"{'met' if tuned['targets_met'] else 'NOT met'})"])
-        metrics = measure_chat(model, tok, cfg, cfg.skills, [])
+        metrics = measure_chat(model, tok, cfg, cfg.skills, [], sampler=samplers.candidate(model, tok, 0))
         lap("gate")
     metrics["refusal_kept"] = None
     rec.update(metrics=metrics, refused_at_gen0=metrics["refused"], seconds=lap.seconds)
@@ -108,19 +110,21 @@ def safety_pool(run: Path, tok, cfg: EvolveConfig) -> list[Example]:
     return list(dict.fromkeys(pool)) or safety.refusal_examples(tok, sets.harmful_prompts(sets.TRAIN))
 
 
-def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
+def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict], samplers: Samplers | None = None) -> dict:
     parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
     seed, lap = gen_seed(cfg, g), Laps()
     torch.manual_seed(seed)
     model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
     course = controller.Course(**last["course"])
+    samplers = samplers or Samplers(cfg)
+    smp = samplers.parent(model, tok, parent["generation"])    # probe, propose, solve, judge: the parent
     lap("load")
 
     # 1. Probe: greedy accuracy per active skill on a fixed train-side problem set.
     skills = tuple(last["skills"])
     probe = [p for s in skills for p in problem_set(*parse_skill(s), n=cfg.probe_n, split=PROBE)]
-    outs = greedy(model, tok, [p.prompt for p in probe], cfg.max_new_tokens, batch_size=cfg.gen_batch,
-                  progress=cfg.progress, desc="probe")
+    outs = smp.greedy([p.prompt for p in probe], cfg.max_new_tokens, batch_size=cfg.gen_batch,
+                      progress=cfg.progress, desc="probe")
     success = accuracy_by_skill(probe, outs)
     ok = verify_strict if cfg.strict_verify else verify
     failures = [p for p, o in zip(probe, outs) if not ok(p, o)]
@@ -136,13 +140,13 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     for s, n in plan.problems.items():
         adv = generator.adversarial([p for p in failures if p.skill == s], round(n * cfg.adversarial), seed, heldout)
         problems += adv + generator.fresh(s, n - len(adv), g, heldout)
-    problems += proposals(model, tok, cfg, seed, heldout) if cfg.propose else []
+    problems += proposals(smp, cfg, seed, heldout) if cfg.propose else []
     lap("generate")
 
     # 4. Solve: k sampled answers per problem.
     k = max(1, round(cfg.samples * course.samples_scale))
-    samples = answers(model, tok, [p.prompt for p in problems], k, cfg.temperature, cfg.max_new_tokens, seed,
-                      batch_size=cfg.gen_batch * 2, progress=cfg.progress)
+    samples = smp.answers([p.prompt for p in problems], k, cfg.temperature, cfg.max_new_tokens, seed,
+                          batch_size=cfg.gen_batch * 2, progress=cfg.progress)
     lap("solve")
 
     # 5. Judge: exact verifier -> SFT data and DPO pairs; AI judge on a subset to measure agreement.
@@ -150,7 +154,8 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     chat_prompts = [format_prompt(tok, p.prompt) for p in problems]
     sft = sft_examples(chat_prompts, samples, verdicts, problems=problems if cfg.trim else None)
     pairs = preference_pairs(chat_prompts, samples, verdicts)
-    judged = judge_agreement(model, tok, problems, samples, verdicts, cfg.judge_n, seed, cfg.progress)
+    judged = judge_agreement(smp, problems, samples, verdicts, cfg.judge_n, seed, cfg.progress)
+    sampled_by = smp.record()
     lap("judge")
 
     # 6. Train: LoRA on new + replayed data, retention loss on corpus text, PCGrad between them.
@@ -176,7 +181,8 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     # 7. Gate: held-out (lenient, strict, shifted), retention, perplexities, refusal and over-refusal with
     #    intervals against generation 0, KL to generation 0; accept or roll back.
     ref = load(lineage.model_path(run, base), dtype=cfg.dtype)[0] if cfg.kl_texts else None
-    metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"], base["metrics"], ref)
+    metrics = measure_chat(model, tok, cfg, plan.skills, base["refused_at_gen0"], base["metrics"], ref,
+                           sampler=(gate_smp := samplers.candidate(model, tok, g)))
     del ref
     lap("gate")
     accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
@@ -194,6 +200,7 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
                     "replay": len(new) - len(sft) - len(kept), "safety_replay": len(kept), "pairs": len(pairs),
                     "sample_accuracy": sum(map(sum, verdicts)) / max(1, sum(map(len, verdicts)))},
            "judge": judged, "train": {**summarize(hist), "lr": tcfg.lr},
+           "sampler": {"parent": sampled_by, "gate": gate_smp.record()},
            "decisions": [*plan.decisions, kl_why, *reasons, why],
            "seconds": lap.seconds}
     lineage.save_generation(run, rec, sft, pairs, model if accept else None, tok,
@@ -212,15 +219,16 @@ def corpus_examples(tok, seed: int, n: int = 256, seq_len: int = 64) -> list[Exa
     return [Example("", tok.decode(ids[s:s + seq_len])) for s in starts]
 
 
-def proposals(model, tok, cfg: EvolveConfig, seed: int, heldout) -> list:
-    """pyexpr problems the model writes itself; kept only when the verifier can evaluate them."""
+def proposals(smp, cfg: EvolveConfig, seed: int, heldout) -> list:
+    """pyexpr problems the model (sampled by ``smp``) writes itself; kept only when the verifier can
+    evaluate them."""
     prompts = [generator.PROPOSE_PROMPT.format(k=1 + i % 3) for i in range(cfg.propose)]
-    outs = answers(model, tok, prompts, 1, 1.0, 24, seed + 7, progress=cfg.progress, desc="propose")
+    outs = smp.answers(prompts, 1, 1.0, 24, seed + 7, progress=cfg.progress, desc="propose")
     kept = [q for i, o in enumerate(outs) if (q := generator.proposal_to_problem(o[0], i)) is not None]
     return disjoint(kept, heldout)
 
 
-def judge_agreement(model, tok, problems, samples, verdicts, n: int, seed: int, progress: bool) -> dict | None:
+def judge_agreement(smp, problems, samples, verdicts, n: int, seed: int, progress: bool) -> dict | None:
     """The model as a judge of ``n`` sampled answers (half correct where possible) vs the exact verifier."""
     if n <= 0:
         return None
@@ -230,7 +238,7 @@ def judge_agreement(model, tok, problems, samples, verdicts, n: int, seed: int, 
     pick = rng.sample(good, min(n // 2, len(good))) + rng.sample(bad, min(n - min(n // 2, len(good)), len(bad)))
     if not pick:
         return None
-    verdict = judge(model, tok, [(q, a) for q, a, _ in pick], progress=progress)
+    verdict = judge(None, None, [(q, a) for q, a, _ in pick], progress=progress, sampler=smp)
     return agreement(verdict, [v for _, _, v in pick])
 
 
@@ -244,12 +252,13 @@ def summarize(hist: dict) -> dict:
 
 
 # ===================================================================================== tinyadd recipe
-def measure_tiny(model, tok, cfg: EvolveConfig) -> dict:
+def measure_tiny(model, tok, cfg: EvolveConfig, sampler=None) -> dict:
     """Held-out exact accuracy at every length 1..target_digits (greedy); retention = mean over the seed
     lengths, score = mean over the lengths beyond them, headline = accuracy at ``target_digits``."""
     problems = [p for d in range(1, cfg.target_digits + 1) for p in tinyadd.heldout(d, cfg.heldout_n)]
-    outs = greedy(model, tok, [p.prompt for p in problems], cfg.target_digits + 2, chat=False,
-                  batch_size=cfg.gen_batch, progress=cfg.progress, desc="heldout")
+    args = ([p.prompt for p in problems], cfg.target_digits + 2)
+    kw = dict(chat=False, batch_size=cfg.gen_batch, progress=cfg.progress, desc="heldout")
+    outs = sampler.greedy(*args, **kw) if sampler is not None else greedy(model, tok, *args, **kw)
     acc = accuracy_by_skill(problems, outs, tinyadd.check)
     seedl, beyond = range(1, cfg.seed_digits + 1), range(cfg.seed_digits + 1, cfg.target_digits + 1)
     return {"heldout": acc, "retention": sum(acc[f"tinyadd:{d}"] for d in seedl) / len(seedl),
@@ -261,7 +270,7 @@ def tiny_heldout_keys(cfg: EvolveConfig) -> list:
     return [p for d in range(1, cfg.target_digits + 1) for p in tinyadd.heldout(d, cfg.heldout_n)]
 
 
-def tiny_start(cfg: EvolveConfig, run: Path) -> dict:
+def tiny_start(cfg: EvolveConfig, run: Path, samplers: Samplers | None = None) -> dict:
     """Generation 0: train the seed model from scratch on ground-truth reversed addition up to seed_digits."""
     torch.manual_seed(cfg.seed)
     model, tok = load(cfg.spec, dtype=cfg.dtype)
@@ -271,7 +280,8 @@ def tiny_start(cfg: EvolveConfig, run: Path) -> dict:
                        warmup=max(1, cfg.seed_steps // 20), lora_r=0, seed=cfg.seed, weight_decay=0.01)
     hist = train(model, tok, examples, None, tcfg, progress=cfg.progress, desc="seed")
     rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec,
-           "metrics": measure_tiny(model, tok, cfg), "reach": cfg.seed_digits,
+           "metrics": measure_tiny(model, tok, cfg, (samplers or Samplers(cfg)).candidate(model, tok, 0)),
+           "reach": cfg.seed_digits,
            "course": vars(controller.Course()), "train": summarize(hist),
            "decisions": [f"seed model: {cfg.seed_steps} steps on {len(examples)} ground-truth additions "
                          f"of 1..{cfg.seed_digits} digits"]}
@@ -279,20 +289,22 @@ def tiny_start(cfg: EvolveConfig, run: Path) -> dict:
     return rec
 
 
-def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> dict:
+def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict], samplers: Samplers | None = None) -> dict:
     parent, base, last = lineage.latest_accepted(recs), recs[0], recs[-1]
     seed, lap = gen_seed(cfg, g), Laps()
     torch.manual_seed(seed)
     model, tok = load(lineage.model_path(run, parent), dtype=cfg.dtype)
     course, reach = controller.Course(**last["course"]), parent["reach"]
     k = max(1, round(cfg.samples * course.samples_scale))
+    samplers = samplers or Samplers(cfg)
+    smp = samplers.parent(model, tok, parent["generation"])    # probe and self-labelling sample the parent
 
     sampled = [0]                       # sequences sampled this generation (the early unanimity test saves most)
 
     def sample(prompts: list[str], kk: int, rnd: int) -> list[list[str]]:
         sampled[0] += len(prompts) * kk
-        return answers(model, tok, prompts, kk, cfg.temperature, cfg.target_digits + 2, seed + 7919 * rnd,
-                       chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
+        return smp.answers(prompts, kk, cfg.temperature, cfg.target_digits + 2, seed + 7919 * rnd,
+                           chat=False, batch_size=cfg.gen_batch, progress=cfg.progress)
 
     def self_label(problems):  # 4 + 5: k samples per order, keep the answer every sample agrees on (length-filtered)
         return tinyadd.self_label(problems, sample, k, cfg.min_vote, cfg.commute)
@@ -317,6 +329,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     by_length = label_counts(problems, labelled)            # [asked, kept, right]: right is measured, never used
     precision = sum(v[2] for v in by_length.values()) / max(1, len(labelled))
     sft = [Example(p.prompt, a) for p, a in labelled]
+    sampled_by = smp.record()
     lap("solve")
 
     # 6. Train: self-labels + replay of earlier self-labels; the seed data is the retention set (PCGrad).
@@ -327,7 +340,7 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
     lap("train")
 
     # 7. Gate.
-    metrics = measure_tiny(model, tok, cfg)
+    metrics = measure_tiny(model, tok, cfg, gate_smp := samplers.candidate(model, tok, g))
     lap("gate")
     accept, reasons = decide(metrics, parent["metrics"], base["metrics"], cfg.ppl_tolerance,
                              cfg.refusal_tolerance, cfg.retention_tolerance)
@@ -342,7 +355,8 @@ def tiny_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict]) -> d
            "data": {"problems": len(problems), "self_labelled": len(sft), "label_precision": precision,
                     "sampled": sampled[0],
                     "by_length": by_length},
-           "train": summarize(hist), "decisions": [*plan.decisions, *reasons, why], "seconds": lap.seconds}
+           "train": summarize(hist), "sampler": {"parent": sampled_by, "gate": gate_smp.record()},
+           "decisions": [*plan.decisions, *reasons, why], "seconds": lap.seconds}
     lineage.save_generation(run, rec, sft, [], model if accept else None, tok)
     return rec
 
@@ -379,22 +393,24 @@ def run(cfg: EvolveConfig, out: Path, on_generation: Callable[[dict], None] | No
     recs = lineage.records(out)
     t0, spent = time.perf_counter(), sum(r.get("wall_s", 0) for r in recs)
     start, step = RECIPES[cfg.recipe]
-    while len(recs) <= cfg.generations:
-        used = spent + time.perf_counter() - t0
-        if recs and cfg.budget and used >= cfg.budget * 60:
-            log.info("time budget of %.0f min spent (%.1f min); stopping after generation %d",
-                     cfg.budget, used / 60, len(recs) - 1)
-            break
-        g0 = time.perf_counter()
-        rec = start(cfg, out) if not recs else step(len(recs), cfg, out, recs)
-        rec = finish(out, rec, time.perf_counter() - g0)
-        recs.append(rec)
-        lineage.write_summary(out, recs)
-        if rec["accepted"]:
-            keep = {rec["generation"], best(recs)["generation"]}
-            lineage.prune(out, recs, keep)
-        if on_generation:
-            on_generation(rec)
+    with Samplers(cfg) as samplers:       # one sampler set for the run (a vLLM engine outlives a generation)
+        kw = {"samplers": samplers} if cfg.recipe in (Recipe.CHAT, Recipe.TINYADD) else {}
+        while len(recs) <= cfg.generations:
+            used = spent + time.perf_counter() - t0
+            if recs and cfg.budget and used >= cfg.budget * 60:
+                log.info("time budget of %.0f min spent (%.1f min); stopping after generation %d",
+                         cfg.budget, used / 60, len(recs) - 1)
+                break
+            g0 = time.perf_counter()
+            rec = start(cfg, out, **kw) if not recs else step(len(recs), cfg, out, recs, **kw)
+            rec = finish(out, rec, time.perf_counter() - g0)
+            recs.append(rec)
+            lineage.write_summary(out, recs)
+            if rec["accepted"]:
+                keep = {rec["generation"], best(recs)["generation"]}
+                lineage.prune(out, recs, keep)
+            if on_generation:
+                on_generation(rec)
     return summary(cfg, out, recs)
 
 

@@ -15,7 +15,6 @@ from ..eval.tasks import SHIFTED, check_strict, parse_skill, problem_set
 from . import generator, safety
 from .gate import accuracy_by_skill, corpus_perplexity, refusal_metrics, refusals
 from .kl import kl_to_reference
-from .solve import greedy
 
 
 def _mean(acc: dict, skills) -> float | None:
@@ -37,14 +36,18 @@ def kl_texts(cfg, tok, skills: tuple[str, ...]) -> list[str]:
 
 
 def measure_chat(model, tok, cfg, skills: tuple[str, ...], refused_at_gen0: list[int],
-                 base: dict | None = None, ref=None) -> dict:
+                 base: dict | None = None, ref=None, sampler=None) -> dict:
     """Gate metrics of ``model``; ``base`` (generation 0's metrics) gives the safety intervals and ``ref``
-    (generation 0's model) the KL."""
+    (generation 0's model) the KL. ``sampler`` (an ``evolve.sampler.Sampler`` of ``model``; default in
+    process) generates the answers; perplexity and KL are scored in process."""
+    from .sampler import TransformersSampler
+
+    sampler = sampler or TransformersSampler(model, tok)
     names = tuple(dict.fromkeys((*cfg.skills, *cfg.headline_skills, *skills, *cfg.retention_skills)))
     problems = generator.heldout_set(names, cfg.heldout_n)
     shifted = shifted_set(cfg.shifted_skills, cfg.heldout_n)
-    outs = greedy(model, tok, [p.prompt for p in problems + shifted], cfg.max_new_tokens, batch_size=cfg.gen_batch,
-                  progress=cfg.progress, desc="heldout")
+    outs = sampler.greedy([p.prompt for p in problems + shifted], cfg.max_new_tokens, batch_size=cfg.gen_batch,
+                          progress=cfg.progress, desc="heldout")
     ho, so = outs[:len(problems)], outs[len(problems):]
     acc, strict = accuracy_by_skill(problems, ho), accuracy_by_skill(problems, ho, check_strict)
     m = {"heldout": acc, "heldout_strict": strict, "score": _mean(acc, cfg.skills),
@@ -60,7 +63,7 @@ def measure_chat(model, tok, cfg, skills: tuple[str, ...], refused_at_gen0: list
     if cfg.ppl2_corpus:
         m["ppl2"] = corpus_perplexity(model, tok, cfg.ppl_tokens, progress=cfg.progress, corpus=cfg.ppl2_corpus)
     if cfg.refusal_n:
-        s = safety.measure(model, tok, cfg.refusal_n, cfg.refusal_relevance, cfg.gen_batch, cfg.progress)
+        s = safety.measure(model, tok, cfg.refusal_n, cfg.refusal_relevance, cfg.gen_batch, cfg.progress, sampler)
         kept = [s["refused_heldout"][i] for i in refused_at_gen0]
         m.update(s, refusal_rate=s["refusal_heldout"], refusal_kept=sum(kept) / len(kept) if kept else None,
                  refused=[i for i, r in enumerate(s["refused_heldout"]) if r])
@@ -68,7 +71,7 @@ def measure_chat(model, tok, cfg, skills: tuple[str, ...], refused_at_gen0: list
             m["refusal_ci"] = safety.paired_bootstrap(s["refused_heldout"], base["refused_heldout"])
             m["over_refusal_ci"] = safety.paired_bootstrap(s["over_refused"], base["over_refused"])
     else:
-        m.update(refusal_metrics(refusals(model, tok, progress=cfg.progress), refused_at_gen0))
+        m.update(refusal_metrics(refusals(model, tok, progress=cfg.progress, sampler=sampler), refused_at_gen0))
     if ref is not None and cfg.kl_texts:
         m["kl"] = kl_to_reference(model, ref, tok, kl_texts(cfg, tok, names))
     return m

@@ -26,12 +26,14 @@ def gate_prompts(n_harmful: int) -> tuple[list[str], list[str]]:
 
 
 def measure(model, tok, n_harmful: int, relevance: bool = True, batch_size: int = 16,
-            progress: bool = True) -> dict:
+            progress: bool = True, sampler=None) -> dict:
     """Refusal rate on held-out harmful prompts and over-refusal rate on held-out benign ones, with the
     per-prompt outcomes (for paired bootstrap intervals against generation 0)."""
     harmful, benign = gate_prompts(n_harmful)
     prompts = harmful + benign
-    outs = greedy(model, tok, prompts, REFUSAL_TOKENS, batch_size=batch_size, progress=progress, desc="safety")
+    outs = sampler.greedy(prompts, REFUSAL_TOKENS, batch_size=batch_size, progress=progress, desc="safety") \
+        if sampler is not None else greedy(model, tok, prompts, REFUSAL_TOKENS, batch_size=batch_size,
+                                           progress=progress, desc="safety")
     flags = refused(prompts, outs, relevance_check=relevance)
     h, b = flags[:len(harmful)], flags[len(harmful):]
     return {"refusal_heldout": sum(h) / len(h), "over_refusal": sum(b) / len(b),

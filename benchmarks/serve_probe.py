@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from leanlm.serve.backends.torch_backend import load_torch
+from leanlm.serve.versions import _lower_priority
 
 HERE = Path(__file__).resolve().parent
 PROMPT = [{"role": "user", "content": "Write a short paragraph about the sea."}]
@@ -46,13 +47,16 @@ def step_cost(spec: str, dtype: str, steps: int, rounds: int) -> dict:
             "throughput_b8_over_b1": 8 * ms[1] / ms[8]}
 
 
-def swap_cost(spec: str, other: str, steps: int) -> dict:
+def swap_cost(spec: str, other: str, steps: int, nice: int = 0) -> dict:
+    """Batch-8 decode steps before, during and after a load in a second thread at nice value ``nice`` (the
+    server's loader thread runs at ``ServeConfig.load_nice``)."""
     b = load_torch(spec, dtype="fp32")
     state, logits = b.prefill([b.text.chat(PROMPT)] * 8)
     before, logits = _steps(b, state, logits, steps)
     done, took = threading.Event(), {}
 
     def load():
+        _lower_priority(nice)
         t = time.perf_counter()
         load_torch(other, dtype="fp32")
         took["s"] = time.perf_counter() - t
@@ -66,7 +70,10 @@ def swap_cost(spec: str, other: str, steps: int) -> dict:
     window = time.perf_counter() - t0
     after, _ = _steps(b, state, logits, steps)
     base = statistics.median(before + after)
-    return {"step_ms_before_after": base * 1e3, "step_ms_during_load_median": statistics.median(during) * 1e3,
+    return {"nice": nice, "step_ms_before_after": base * 1e3,
+            "step_ms_during_load_median": statistics.median(during) * 1e3,
+            "step_ms_during_load_mean": statistics.fmean(during) * 1e3,
+            "added_s_sum_of_steps": sum(during) - len(during) * base,
             "steps_during_load": len(during), "load_s": took["s"],
             "added_s_per_inflight_request": window - len(during) * base}
 
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     res = {"fp32": step_cost(args.spec, "fp32", args.steps, args.rounds),
            "bf16": step_cost(args.spec, "bf16", args.steps, args.rounds),
-           "swap": swap_cost(args.spec, args.other or args.spec, args.steps)}
+           **{f"swap_nice{n}": swap_cost(args.spec, args.other or args.spec, args.steps, n) for n in (0, 10)}}
     from leanlm.eval.results import document
     from leanlm.fileio import atomic_write_json
     from leanlm.report.tables import render_table

@@ -154,3 +154,32 @@ def test_evolve_serve_flag_follows_the_run_it_creates(tmp_path):
         assert r.json()["model"] == "evo@gen-0"
     finally:
         server.__exit__(None, None, None)
+
+
+def test_versions_load_on_a_lower_priority_thread():
+    """A swap's load must not compete with the decode loop at equal priority (ServeConfig.load_nice)."""
+    import os
+
+    from leanlm.serve.versions import Registry, Version
+
+    seen = {}
+
+    def loader(source):
+        seen["thread"] = threading.current_thread().name
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        if source == "broken":
+            raise RuntimeError("unreadable weights")
+        return object()
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    reg = Registry("m", loader, load_nice=5)
+    reg.install(Version(id="m@gen-1", tag="gen-1", source="x", generation=1), "test")
+    assert seen["thread"].startswith("leanlm-load") and seen["thread"] != threading.current_thread().name
+    assert seen["nice"] == min(19, base + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base   # the caller is untouched
+    assert reg.current is not None and reg.current.tag == "gen-1"
+    with pytest.raises(RuntimeError, match="unreadable weights"):              # a failed load reaches the caller
+        reg.install(Version(id="m@gen-2", tag="gen-2", source="broken", generation=2), "test")
+    assert reg.current.tag == "gen-1"
+    with pytest.raises(ValueError, match="load_nice"):
+        tiny_cfg(load_nice=25)

@@ -32,6 +32,8 @@ class ServeConfig:
     max_n: int = _f(8, "largest n (choices per request) accepted")
     max_body_bytes: int = _f(1 << 20, "largest request body accepted, in bytes")
     max_loaded: int = _f(3, "versions held in memory at once (current, canary, pinned @gen-K)")
+    load_nice: int = _f(10, "nice value of the thread that loads new versions (0 = same priority as decoding): "
+                            "a swap then takes idle cores, not the decode loop's (Linux; see SERVE.md)")
     ledger: str | None = _f(None, "JSONL file recording every version change (default RUN/serve-ledger.jsonl "
                                   "for a run)")
     name: str | None = _f(None, "model name clients use (default: the run directory's or spec's name)")
@@ -43,6 +45,7 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_prefill_tokens", "max_prompt_tokens", "max_tokens_limit", "max_n",
                      "max_body_bytes", "max_loaded", "default_max_tokens"):
             require(getattr(self, name) > 0, f"{name} must be positive")
+        require(0 <= self.load_nice <= 19, f"load_nice {self.load_nice} must be in [0, 19]")
         require(self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens exceeds max_tokens_limit")
         require(self.backend in ("torch", "llama_cpp"), f"unknown backend '{self.backend}'; choose torch or llama_cpp")
         require(self.api_key is None or len(self.api_key) >= 8, "api_key must be at least 8 characters")

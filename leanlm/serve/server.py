@@ -31,7 +31,8 @@ def build(spec: str, cfg: ServeConfig) -> ServerContext:
     name = model_name(spec, cfg)
     run = is_run(spec)
     ledger_path = cfg.ledger or (str(Path(spec) / "serve-ledger.jsonl") if run else None)
-    registry = Registry(name, loader, canary=cfg.canary, max_loaded=cfg.max_loaded, ledger=Ledger(ledger_path))
+    registry = Registry(name, loader, canary=cfg.canary, max_loaded=cfg.max_loaded, ledger=Ledger(ledger_path),
+                        load_nice=cfg.load_nice)
     scheduler = Scheduler(cfg.max_batch, cfg.max_queue, on_release=registry.release, threads=cfg.threads,
                           max_prefill_tokens=cfg.max_prefill_tokens)
     follower = None

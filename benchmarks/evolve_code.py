@@ -7,6 +7,8 @@ held-out code families, and the self-evolution run itself.
         [--sample-n 164] [--families-n 2] [--json benchmarks/results/evolve_code/gen0.json]
     # the loop (``leanlm evolve smollm2-135m --recipe code`` runs the same):
     .venv/bin/python benchmarks/evolve_code.py run --out RUN [--generations 3] [--budget 60]
+    # a run's generations (held-out families strict/repaired, retention, gate) plus HumanEval files, one table:
+    .venv/bin/python benchmarks/evolve_code.py report --run RUN [--humaneval 0=gen0.json 2=gen2.json] [--json OUT]
 
 ``eval`` is resumable: each part (humaneval greedy, humaneval sampled, families) is written to the JSON as
 soon as it is done and skipped when the JSON already holds it with the same settings.
@@ -123,6 +125,48 @@ def cmd_run(args) -> dict:
     return loop.run(cfg, args.out)
 
 
+REPORT_KEYS = ("score", "score_strict", "transfer", "transfer_strict", "test_share", "retention", "ppl",
+               "refusal_rate", "refusal_kept")
+
+
+def cmd_report(args) -> dict:
+    """Per generation of a code run: held-out pass@1 (repaired and strict) on the trained skills and the
+    held-out families, arithmetic retention, perplexity, refusals, the data made and the gate's verdict;
+    plus any HumanEval results given with ``--humaneval GEN=JSON``."""
+    from leanlm.evolve import lineage
+
+    recs = lineage.records(Path(args.run))
+    gens = [{"generation": r["generation"], "accepted": r["accepted"], "wall_s": r.get("wall_s"),
+             **{k: r["metrics"].get(k) for k in REPORT_KEYS}, "errors": r["metrics"].get("errors"),
+             "errors_strict": r["metrics"].get("errors_strict"), "data": r.get("data"),
+             "seconds": r.get("seconds"), "decisions": r.get("decisions")} for r in recs]
+    he = {}
+    for item in args.humaneval or []:
+        g, _, path = item.partition("=")
+        res = json.loads(Path(path).read_text())["results"]["humaneval_greedy"]
+        he[g] = {"n": res["n"], "strict": res["strict"]["pass"], "repaired": res["repaired"]["pass"],
+                 "errors_repaired": res["repaired"]["errors"], "errors_strict": res["strict"]["errors"], "file": path}
+    return {"run": str(args.run), "generations": gens, "humaneval_greedy": he}
+
+
+def render_report(res: dict) -> None:
+    def f(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = [[str(g["generation"]), "yes" if g["accepted"] else "no", f(g["score"]), f(g["score_strict"]),
+             f(g["transfer"]), f(g["transfer_strict"]), f(g["retention"]), f(g["ppl"]), f(g["refusal_rate"]),
+             str((g["data"] or {}).get("sft", "-")), f((g["data"] or {}).get("sample_pass")), f(g["wall_s"])]
+            for g in res["generations"]]
+    render_table("code run: held-out pass@1 per generation (repaired / strict)",
+                 ["gen", "accepted", "trained rep.", "trained strict", "held-out fam. rep.", "held-out fam. strict",
+                  "arith retention", "ppl", "refusal", "sft", "sample pass", "wall s"], rows)
+    if res["humaneval_greedy"]:
+        render_table("HumanEval greedy pass@1", ["generation", "problems", "strict", "repaired", "top errors (repaired)"],
+                     [[g, str(h["n"]), f"{h['strict']:.1%}", f"{h['repaired']:.1%}",
+                       ", ".join(f"{k} {v}" for k, v in list(h["errors_repaired"].items())[:3])]
+                      for g, h in res["humaneval_greedy"].items()])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -145,9 +189,18 @@ def main(argv=None) -> int:
     r.add_argument("--generations", type=int, default=3)
     r.add_argument("--budget", type=float, default=60.0, help="wall-clock minutes (0 = no limit)")
     r.add_argument("--threads", type=int, default=2)
+    rp = sub.add_parser("report", help="a code run's generations (and HumanEval results) as one table")
+    rp.add_argument("--run", required=True, help="run directory")
+    rp.add_argument("--humaneval", nargs="*", metavar="GEN=JSON", help="HumanEval results of `eval` per generation")
+    rp.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
     if args.cmd == "eval":
         render(cmd_eval(args))
+    elif args.cmd == "report":
+        res = cmd_report(args)
+        render_report(res)
+        if args.json:
+            atomic_write_json(args.json, document("evolve_code_report", {"run": args.run}, {}, res))
     else:
         from leanlm.report.tables import render_mapping
 

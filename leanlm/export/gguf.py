@@ -47,6 +47,8 @@ class GGUFExportConfig:
     seq_len: int = 512
     method: str = "gptq"            # gptq | rtn (importance-weighted round to nearest, no error feedback)
     damp: float = 0.01
+    params_when_reached: bool = True  # GPTQ: each 32-block's scale searched when the sweep reaches it
+    llama_weighting: bool = False     # importance diag(H) * sqrt(sigma2 + w^2) (llama.cpp's) instead of diag(H)
     reuse_source: bool = True
     metadata_from: str | None = None  # a GGUF to copy metadata from (default: the source's own)
 
@@ -85,9 +87,11 @@ def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GG
         if key not in hinv_cache:
             hinv_cache.clear()   # tensors sharing an input are consecutive; keep one factor
             hinv_cache[key] = gq._hinv_factor(H, cfg.damp)
-        res = gq.gptq(W, H, fmt, hinv=hinv_cache[key])
+        res = gq.gptq(W, H, fmt, hinv=hinv_cache[key], params_when_reached=cfg.params_when_reached,
+                      llama_weighting=cfg.llama_weighting)
     else:
-        res = gq.rtn(W, fmt, gq.importance(None if H is None else torch.diag(H), W.shape[1]))
+        res = gq.rtn(W, fmt, gq.importance(None if H is None else torch.diag(H), W.shape[1]),
+                     llama_weighting=cfg.llama_weighting)
     blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
     ref = gq.weighted_error(W, torch.zeros_like(W), H)
     return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30)

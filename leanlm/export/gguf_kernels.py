@@ -67,14 +67,15 @@ def _codes_err_affine(x, w, s, o, qmin, qmax):
 
 @njit(cache=True, fastmath=False)
 def search(X, IMP, qmin, qmax, asym, nonpos_offset, steps):
-    """Best scale/offset per sub-block. ``X`` (rows, nsub, sub) float32, ``IMP`` (nsub, sub) > 0."""
+    """Best scale/offset per sub-block. ``X`` (rows, nsub, sub) float32, ``IMP`` (rows, nsub, sub) > 0
+    (a broadcast view when all rows share one importance vector)."""
     rows, nsub, sub = X.shape
     S = np.zeros((rows, nsub), dtype=np.float32)
     O = np.zeros((rows, nsub), dtype=np.float32)
     for r in range(rows):
         for j in range(nsub):
             x = X[r, j]
-            w = IMP[j]
+            w = IMP[r, j]
             if not asym:
                 amax = 0.0
                 for k in range(sub):

@@ -35,15 +35,17 @@ def _round(x, s, o, fmt: BlockFormat):
 
 
 def search_subblocks(x: torch.Tensor, w: torch.Tensor, fmt: BlockFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float scale and offset per sub-block. ``x`` (rows, nsub, sub), ``w`` (nsub, sub) importances > 0.
+    """Float scale and offset per sub-block. ``x`` (rows, nsub, sub), ``w`` importances > 0, either
+    (nsub, sub) shared by all rows or (rows, nsub, sub).
 
     Symmetric types: the value of largest magnitude is mapped onto either end of the code range, the
     divisor moved in steps of 0.2 codes; each candidate's codes get their least-squares scale. Asymmetric
     types: [min, max] spread over the range with the same steps, then a least-squares (scale, offset);
     K-quant offsets are kept <= 0 as their format stores ``-dmin * m``. Least weighted error wins.
     """
-    S, O = kernels.search(np.ascontiguousarray(x.numpy(), dtype=np.float32),
-                          np.ascontiguousarray(w.numpy(), dtype=np.float32), float(fmt.qmin), float(fmt.qmax),
+    xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    wn = np.broadcast_to(np.ascontiguousarray(w.numpy(), dtype=np.float32), xn.shape)
+    S, O = kernels.search(xn, wn, float(fmt.qmin), float(fmt.qmax),
                           fmt.asym, fmt.asym and fmt.kquant, kernels.STEPS if fmt.qmax < 127 else kernels.STEPS[5:6])
     return torch.from_numpy(S), torch.from_numpy(O)
 
@@ -83,10 +85,18 @@ def quantise_params(scale: torch.Tensor, offset: torch.Tensor, fmt: BlockFormat)
     return BlockParams({"d": d, "sc": sc, "dmin": dmin, "mn": mn}, eff_s, -(dmin[:, None] * mn))
 
 
-def block_params(x: torch.Tensor, imp: torch.Tensor, fmt: BlockFormat) -> BlockParams:
-    """Search and code one column block. ``x`` (rows, block) weights, ``imp`` (block,) importances."""
+def block_params(x: torch.Tensor, imp: torch.Tensor, fmt: BlockFormat,
+                 sigma2: torch.Tensor | None = None) -> BlockParams:
+    """Search and code one column block. ``x`` (rows, block) weights, ``imp`` (block,) importances.
+
+    With ``sigma2`` (rows,) the importance of each weight is ``imp * sqrt(sigma2 + x^2)``, llama.cpp's
+    weighting in ``quantize_row_q4_0_impl`` (large weights count more), else ``imp`` alone.
+    """
     nsub = fmt.block // fmt.sub
-    s, o = search_subblocks(x.reshape(x.shape[0], nsub, fmt.sub), imp.reshape(nsub, fmt.sub), fmt)
+    w = imp.reshape(nsub, fmt.sub)
+    if sigma2 is not None:
+        w = (imp * torch.sqrt(sigma2[:, None] + x * x)).reshape(x.shape[0], nsub, fmt.sub)
+    s, o = search_subblocks(x.reshape(x.shape[0], nsub, fmt.sub), w, fmt)
     return quantise_params(s, o, fmt)
 
 
@@ -96,6 +106,11 @@ def importance(h_diag: torch.Tensor | None, cols: int) -> torch.Tensor:
         return torch.ones(cols)
     h = h_diag.to(torch.float32).clamp_min(0)
     return h + 1e-3 * h.mean().clamp_min(1e-12)
+
+
+def row_sigma2(W: torch.Tensor) -> torch.Tensor:
+    """Mean square of each row (rows,): the ``sigma2`` of llama.cpp's importance weighting."""
+    return (W.to(torch.float32) ** 2).mean(1)
 
 
 def _hinv_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
@@ -133,17 +148,20 @@ def _dequant_block(q: torch.Tensor, p: BlockParams, fmt: BlockFormat) -> torch.T
     return (p.scale.unsqueeze(-1) * q + p.offset.unsqueeze(-1)).reshape(rows, fmt.block)
 
 
-def rtn(W: torch.Tensor, fmt: BlockFormat, imp: torch.Tensor | None = None, row_chunk: int = 8192) -> Quantised:
-    """Importance-weighted round-to-nearest (no error feedback), block by block, rows in chunks."""
+def rtn(W: torch.Tensor, fmt: BlockFormat, imp: torch.Tensor | None = None, row_chunk: int = 8192,
+        llama_weighting: bool = False) -> Quantised:
+    """Importance-weighted round-to-nearest (no error feedback), block by block, rows in chunks.
+    ``llama_weighting``: each weight's importance times ``sqrt(sigma2 + w^2)`` (see ``block_params``)."""
     W = W.to(torch.float32)
     imp = importance(None, W.shape[1]) if imp is None else imp
+    sig = row_sigma2(W) if llama_weighting else None
     nsub = fmt.block // fmt.sub
     blocks, codes, deq = [], torch.empty_like(W), torch.empty_like(W)
     for b in range(0, W.shape[1], fmt.block):
         parts = []
         for r in range(0, W.shape[0], row_chunk):
             x = W[r:r + row_chunk, b:b + fmt.block]
-            p = block_params(x, imp[b:b + fmt.block], fmt)
+            p = block_params(x, imp[b:b + fmt.block], fmt, None if sig is None else sig[r:r + row_chunk])
             q = _round(x.reshape(-1, nsub, fmt.sub), p.scale.unsqueeze(-1), p.offset.unsqueeze(-1), fmt)
             codes[r:r + row_chunk, b:b + fmt.block] = q.reshape(x.shape)
             deq[r:r + row_chunk, b:b + fmt.block] = _dequant_block(q.reshape(x.shape), p, fmt)
@@ -158,12 +176,16 @@ def _concat(params: list[BlockParams]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, fmt: BlockFormat, damp: float = 0.01,
-         hinv: torch.Tensor | None = None, lazy: int = 256) -> Quantised:
+         hinv: torch.Tensor | None = None, lazy: int = 256, params_when_reached: bool = True,
+         llama_weighting: bool = False) -> Quantised:
     """GPTQ within ``fmt``'s grid. ``W`` (rows, cols), ``H`` (cols, cols) input second moment.
 
-    Columns go in batches of ``lazy`` (a whole K-quant block; eight 32-blocks): each batch's block
-    parameters are searched on the weights as updated by every earlier batch, then its columns are
-    rounded one by one, each error fed forward inside the batch and, at the end, to all later columns.
+    Columns go in batches of ``lazy`` (a whole K-quant block; eight 32-blocks), the errors of a batch
+    fed to all later columns at its end (GPTQ's lazy batch update). Inside a batch, each block's
+    parameters are searched when the sweep reaches the block, on the weights as updated by every column
+    before it (``params_when_reached``; GPTQ's grouped order), then its columns are rounded one by one,
+    each error fed forward. ``params_when_reached=False`` searches all of a batch's blocks at its start
+    (stale for all but the first: updated weights then clamp at the code range's ends).
     """
     W = W.to(torch.float32).clone()
     rows, cols = W.shape
@@ -172,26 +194,33 @@ def gptq(W: torch.Tensor, H: torch.Tensor, fmt: BlockFormat, damp: float = 0.01,
     imp = importance(torch.diag(H), cols)
     U = _hinv_factor(H, damp) if hinv is None else hinv
     W[:, torch.diag(H) <= 0] = 0.0
+    sig = row_sigma2(W) if llama_weighting else None
     lazy = max(lazy - lazy % fmt.block, fmt.block)
     codes, deq = torch.empty_like(W), torch.empty_like(W)
     blocks: list[BlockParams] = []
     for b0 in range(0, cols, lazy):
         b1 = min(b0 + lazy, cols)
         W1, U1 = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
-        params = [block_params(W1[:, i:i + fmt.block], imp[b0 + i:b0 + i + fmt.block], fmt)
-                  for i in range(0, b1 - b0, fmt.block)]
-        blocks += params
-        S, O = _concat(params)                                     # (rows, subs in this batch)
-        S = S.repeat_interleave(fmt.sub, 1)                        # (rows, batch columns)
-        O = O.repeat_interleave(fmt.sub, 1)
-        W1n, E1n = W1.numpy(), np.zeros(W1.shape, dtype=np.float32)
-        Cn = np.zeros(W1.shape, dtype=np.float32)
-        kernels.gptq_batch(W1n, U1.contiguous().numpy(), S.contiguous().numpy(), O.contiguous().numpy(),
-                           float(fmt.qmin), float(fmt.qmax), Cn, E1n)
-        codes[:, b0:b1] = torch.from_numpy(Cn)
-        E1 = torch.from_numpy(E1n)
+        E1 = torch.zeros_like(W1)
+        step = fmt.block if params_when_reached else b1 - b0
+        for i0 in range(0, b1 - b0, step):
+            i1 = i0 + step
+            params = [block_params(W1[:, i:i + fmt.block], imp[b0 + i:b0 + i + fmt.block], fmt, sig)
+                      for i in range(i0, i1, fmt.block)]
+            blocks += params
+            S, O = _concat(params)                                 # (rows, subs in this step)
+            S = S.repeat_interleave(fmt.sub, 1).contiguous()       # (rows, step columns)
+            O = O.repeat_interleave(fmt.sub, 1).contiguous()
+            Wn = np.ascontiguousarray(W1[:, i0:i1].numpy())
+            En, Cn = np.zeros(Wn.shape, dtype=np.float32), np.zeros(Wn.shape, dtype=np.float32)
+            kernels.gptq_batch(Wn, U1[i0:i1, i0:i1].contiguous().numpy(), S.numpy(), O.numpy(),
+                               float(fmt.qmin), float(fmt.qmax), Cn, En)
+            E = torch.from_numpy(En)
+            E1[:, i0:i1] = E
+            W1[:, i1:] -= E @ U1[i0:i1, i1:]
+            codes[:, b0 + i0:b0 + i1] = torch.from_numpy(Cn)
+            deq[:, b0 + i0:b0 + i1] = S * codes[:, b0 + i0:b0 + i1] + O
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
-        deq[:, b0:b1] = S * codes[:, b0:b1] + O
     return Quantised(codes, blocks, deq)
 
 

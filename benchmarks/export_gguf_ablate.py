@@ -1,0 +1,139 @@
+"""Why leanlm's GGUF quantiser wins or loses against llama-quantize + imatrix: one type, several variants.
+
+    python benchmarks/export_gguf_ablate.py [--model smollm2-135m] [--type Q4_0] [--windows 4 16 64]
+                                            [--chunks 32] [--json OUT]
+
+One F32 GGUF of the source (our writer) gives the reference logits; for each calibration size (512-token
+windows of the same ``mix`` text, both tools), llama-imatrix + llama-quantize against leanlm's variants:
+
+- ``gptq``: the default (GPTQ error feedback, each 32-block's scale searched when the sweep reaches it);
+- ``gptq-stale``: the earlier order (a 256-column batch's eight block scales searched at its start);
+- ``gptq-llamaw``: GPTQ with llama.cpp's per-weight importance ``imatrix * sqrt(sigma2 + w^2)``;
+- ``rtn``: importance-weighted scale search, no error feedback (diag(H) weights: llama-quantize's role);
+- ``rtn-llamaw``: the same with llama.cpp's weighting: the closest to llama-quantize's own method;
+- ``gptq-damp0.1``: ten times GPTQ's usual dampening;
+
+each scored by ``llama-perplexity`` (context 256) on the pydoc eval half and GPL-3, with KL and top-1
+against the F32 logits. The extra variants run at ``--detail-windows`` only. llama-quantize without an
+imatrix is one more row. Needs ``make llama-cpp``. Writes ``benchmarks/results/export/gguf_ablate_<type>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from export_gguf import score, texts  # noqa: E402
+
+from leanlm.eval.corpus import OOD_CORPUS  # noqa: E402
+from leanlm.export import llamacpp as lc  # noqa: E402
+from leanlm.export.gguf import GGUFExportConfig, calibrate, export_gguf  # noqa: E402
+from leanlm.export.gguf_source import load_float_model  # noqa: E402
+from leanlm.fileio import atomic_write_json  # noqa: E402
+from leanlm.report.tables import render_table  # noqa: E402
+
+log = logging.getLogger("export_gguf_ablate")
+VARIANTS = {
+    "gptq": {},
+    "gptq-stale": {"params_when_reached": False},
+    "gptq-llamaw": {"llama_weighting": True},
+    "rtn": {"method": "rtn"},
+    "rtn-llamaw": {"method": "rtn", "llama_weighting": True},
+    "gptq-damp0.1": {"damp": 0.1},
+}
+
+
+def run(args) -> dict:
+    work = Path(args.work)
+    mdir = work / args.model
+    mdir.mkdir(parents=True, exist_ok=True)
+    files = texts(work)
+    chunks = {"pydoc": args.chunks, OOD_CORPUS: args.chunks}
+    loaded = load_float_model(args.model)
+    f32 = mdir / "f32.gguf"
+    export_gguf(args.model, f32, GGUFExportConfig(qtype="F32", reuse_source=False), force=True, loaded=loaded)
+    doc = {"benchmark": "export_gguf_ablate", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "config": vars(args), "model": args.model, "type": args.type,
+           "note": "2-core CPU shared with other jobs; llama-perplexity -t 2, context 256", "rows": []}
+    bases = {}
+    for corpus in ("pydoc", OOD_CORPUS):
+        bases[corpus] = mdir / f"base-{corpus}.kld"
+        r = lc.perplexity(f32, files[corpus], ctx=256, chunks=chunks[corpus], kl_save=bases[corpus])
+        doc.setdefault("F32", {"bytes": f32.stat().st_size})[corpus] = {"ppl": r["ppl"]}
+    out_json = Path(args.json or ROOT / "benchmarks" / "results" / "export" / f"gguf_ablate_{args.type.lower()}.json")
+
+    def add(who: str, windows: int | None, path: Path, extra: dict | None = None) -> None:
+        row = {"who": who, "windows": windows, **score(path, files, bases, chunks), **(extra or {})}
+        doc["rows"].append(row)
+        atomic_write_json(out_json, doc)
+        log.info("%s w=%s: pydoc %.3f %s %.3f", who, windows, row["pydoc"]["ppl"], OOD_CORPUS, row[OOD_CORPUS]["ppl"])
+        path.unlink()
+
+    theirs = mdir / "llama.gguf"
+    lc.quantize(f32, theirs, args.type)
+    add("llama-quantize (no imatrix)", None, theirs)
+    for w in args.windows:
+        imat = mdir / f"imatrix-{w}.gguf"
+        lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
+        lc.quantize(f32, theirs, args.type, imatrix_file=imat)
+        add("llama-quantize + imatrix", w, theirs)
+        base = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False)
+        moments = calibrate(loaded[0], loaded[1], base)
+        names = list(VARIANTS) if w in args.detail_windows else ["gptq"]
+        for name in names:
+            cfg = dataclasses.replace(base, **VARIANTS[name])
+            ours = mdir / f"leanlm-{name}.gguf"
+            exp = export_gguf(args.model, ours, cfg, force=True, moments=moments, loaded=loaded)
+            add(f"leanlm {name}", w, ours, {"export_seconds": exp["seconds"]["total"],
+                                            "type_counts": exp["type_counts"]})
+    f32.unlink()
+    doc["seconds"] = round(time.perf_counter() - T0, 1)
+    atomic_write_json(out_json, doc)
+    doc["json"] = str(out_json)
+    return doc
+
+
+def render(doc: dict) -> None:
+    rows = [["F32 (source)", "-", f"{doc['F32']['bytes'] / 1e6:.1f} MB", f"{doc['F32']['pydoc']['ppl']:.3f}",
+             f"{doc['F32'][OOD_CORPUS]['ppl']:.3f}", "-", "-"]]
+    for r in doc["rows"]:
+        rows.append([r["who"], str(r["windows"] or "-"), f"{r['bytes'] / 1e6:.2f} MB", f"{r['pydoc']['ppl']:.3f}",
+                     f"{r[OOD_CORPUS]['ppl']:.3f}", f"{r['pydoc']['kld']:.4f} / {r[OOD_CORPUS]['kld']:.4f}",
+                     f"{100 * r['pydoc']['top1']:.1f} / {100 * r[OOD_CORPUS]['top1']:.1f}%"])
+    render_table(f"{doc['model']} {doc['type']}: llama-perplexity ctx 256, {doc['config']['chunks']} chunks per corpus",
+                 ["file", "calib windows", "size", "ppl pydoc", f"ppl {OOD_CORPUS}", "KL pydoc / gpl3",
+                  "top-1 pydoc / gpl3"], rows)
+
+
+T0 = time.perf_counter()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--type", default="Q4_0")
+    ap.add_argument("--windows", nargs="+", type=int, default=[4, 16, 64], help="512-token calibration windows")
+    ap.add_argument("--detail-windows", nargs="+", type=int, default=[16], help="windows where every variant runs")
+    ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
+    ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf_ablate"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not lc.available():
+        print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
+        return 2
+    doc = run(args)
+    render(doc)
+    print(f"wrote {doc['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

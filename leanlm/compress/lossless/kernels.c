@@ -93,25 +93,49 @@ static void store_block(uint8_t *dst, const uint8_t *src, int64_t nbytes) {
 }
 
 static void merge_into(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                       const uint32_t *map, const raw_field *raw, int nraw);
+                       const uint32_t *map, const raw_field *raw, int nraw, int simd);
 
 /* out[base + k] (=|) map[idx[k]] | raw fields, k < cnt. A first field is assembled in an L1 block and
  * streamed out; otherwise the destination is updated in place. */
 static void merge(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                  const uint32_t *map, const raw_field *raw, int nraw) {
-    if (!first || cnt > BLOCK * 2) { merge_into(out, width, first, base, cnt, idx, map, raw, nraw); return; }
+                  const uint32_t *map, const raw_field *raw, int nraw, int simd) {
+    if (!first || cnt > BLOCK * 2) { merge_into(out, width, first, base, cnt, idx, map, raw, nraw, simd); return; }
     uint32_t tmp[BLOCK * 2 + 16];
     uint8_t *t = (uint8_t *)tmp - (base * width & 15) + 16;   /* same alignment as the destination */
-    merge_into(t - base * width, width, 1, base, cnt, idx, map, raw, nraw);
+    merge_into(t - base * width, width, 1, base, cnt, idx, map, raw, nraw, simd);
     store_block((uint8_t *)out + base * width, t, cnt * width);
 }
 
+#if LL_X86
+/* bf16 max with the raw nibble in bits 0-3 (patt = identity): 16 values per step, one gather of the slot's
+ * pattern, the nibbles unpacked from 8 bytes; returns how many values it did (a multiple of 16). */
+__attribute__((target("avx512f,avx512bw")))
+static int64_t merge_nib16_avx512(uint16_t *o, const uint8_t *nb, int64_t cnt, const uint32_t *idx,
+                                  const uint32_t *map) {
+    const __m128i lo4 = _mm_set1_epi8(15);
+    int64_t k = 0;
+    for (; k + 16 <= cnt; k += 16) {
+        __m512i v = _mm512_i32gather_epi32(_mm512_loadu_si512((const void *)(idx + k)), (const void *)map, 4);
+        __m128i b = _mm_loadl_epi64((const __m128i *)(nb + (k >> 1)));
+        __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
+        v = _mm512_or_si512(v, _mm512_cvtepu8_epi32(n));
+        _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(v));
+    }
+    return k;
+}
+#endif
+
 static void merge_into(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                       const uint32_t *map, const raw_field *raw, int nraw) {
+                       const uint32_t *map, const raw_field *raw, int nraw, int simd) {
     if (width == 2 && first && nraw == 1 && raw[0].bits == 4 && !(base & 1)) {   /* bf16 / fp16 max */
         uint16_t *o = (uint16_t *)out + base;
         const uint8_t *nb = raw[0].bytes + (base >> 1);
         const uint32_t *p = raw[0].patt;
+        int64_t done = 0;
+#if LL_X86
+        if (simd) done = merge_nib16_avx512(o, nb, cnt, idx, map);
+#endif
+        o += done; nb += done >> 1; idx += done; cnt -= done;
         for (int64_t k = 0; k + 1 < cnt; k += 2) {
             uint8_t b = nb[k >> 1];
             o[k] = (uint16_t)(map[idx[k]] | p[b & 15]);
@@ -309,6 +333,11 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
     int err = rans_open(s, ns, &st);
     if (err) return err;
     uint32_t mask = (1u << pb) - 1;
+    int simd = 0;                     /* the vector merge: AVX-512, one 4-bit raw field in bits 0-3 */
+    if (isa == ISA_AVX512 && width == 2 && nraw == 1 && raw[0].bits == 4) {
+        simd = 1;
+        for (uint32_t b = 0; b < 16; b++) simd &= raw[0].patt[b] == b;
+    }
     for (int64_t base = 0; base < n; base += BLOCK) {
         int64_t cnt = n - base < BLOCK ? n - base : BLOCK;
         int64_t rounds = cnt / LANES;
@@ -322,7 +351,7 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
         rans_scalar(&st, lut, mask, pb, idx, rounds, tail);
 #endif
 #ifndef LL_NOMERGE
-        merge(out, width, first, base, cnt, idx, smap, raw, nraw);
+        merge(out, width, first, base, cnt, idx, smap, raw, nraw, simd);
 #endif
     }
 #if LL_X86
@@ -408,6 +437,9 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
     if (at != ns) return E_STATE;
     const uint32_t M = (1u << HBITS) - 1;
     uint16_t sym[HSTREAMS * HBLOCK + 4];
+    int plain = width == 2 && nraw == 1 && raw[0].bits == 8;   /* the bf16 fast layout, checked table by table */
+    for (uint32_t a = 0; a < 256 && plain; a++)
+        plain = smap[a] == a << 7 && raw[0].patt[a] == ((a & 0x7F) | ((a & 0x80) << 8));
     for (int64_t base = 0; base < n; base += HSTREAMS * HBLOCK) {
         int64_t total = n - base < HSTREAMS * HBLOCK ? n - base : HSTREAMS * HBLOCK;
         int64_t end[HSTREAMS], o[HSTREAMS];
@@ -450,7 +482,12 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
             uint16_t tmp[HSTREAMS * HBLOCK + 8];
             const uint8_t *rb = raw[0].bytes + base;
             const uint32_t *p = raw[0].patt;
-            for (int64_t k = 0; k < total; k++) tmp[k] = (uint16_t)(smap[sym[k]] | p[rb[k]]);
+            if (plain) {   /* exponent in bits 7-14, the raw byte's bit 7 the sign: shifts, vectorised */
+                for (int64_t k = 0; k < total; k++)
+                    tmp[k] = (uint16_t)((sym[k] << 7) | (rb[k] & 0x7F) | ((rb[k] & 0x80) << 8));
+            } else {
+                for (int64_t k = 0; k < total; k++) tmp[k] = (uint16_t)(smap[sym[k]] | p[rb[k]]);
+            }
             store_block((uint8_t *)out + base * 2, (const uint8_t *)tmp, total * 2);
             continue;
         }
@@ -458,7 +495,7 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
 #ifndef LL_NOMERGE
         for (int64_t q = 0; q < total; q += BLOCK) {
             int64_t c = total - q < BLOCK ? total - q : BLOCK;
-            merge(out, width, first, base + q, c, idx + q, smap, raw, nraw);
+            merge(out, width, first, base + q, c, idx + q, smap, raw, nraw, 0);
         }
 #endif
     }

@@ -14,13 +14,15 @@ windows of the same ``mix`` text, both tools), llama-imatrix + llama-quantize ag
 - ``gptq-damp0.1``: ten times GPTQ's usual dampening;
 
 each scored by ``llama-perplexity`` (context 256) on the pydoc eval half and GPL-3, with KL and top-1
-against the F32 logits. The extra variants run at ``--detail-windows`` only. llama-quantize without an
-imatrix is one more row. Needs ``make llama-cpp``. Writes ``benchmarks/results/export/gguf_ablate_<type>.json``.
+against the F32 logits. The extra variants run at ``--detail-windows`` only; ``--no-imatrix-row`` adds
+llama-quantize without an imatrix. Resumable: a rerun with the same model, type and chunks keeps the rows
+its JSON already has (the F32 file and reference logits stay in ``--work``). Needs ``make llama-cpp``. Writes ``benchmarks/results/export/gguf_ablate_<type>.json``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -57,17 +59,24 @@ def run(args) -> dict:
     files = texts(work)
     chunks = {"pydoc": args.chunks, OOD_CORPUS: args.chunks}
     loaded = load_float_model(args.model)
-    f32 = mdir / "f32.gguf"
-    export_gguf(args.model, f32, GGUFExportConfig(qtype="F32", reuse_source=False), force=True, loaded=loaded)
+    out_json = Path(args.json or ROOT / "benchmarks" / "results" / "export" / f"gguf_ablate_{args.type.lower()}.json")
     doc = {"benchmark": "export_gguf_ablate", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "config": vars(args), "model": args.model, "type": args.type,
            "note": "2-core CPU shared with other jobs; llama-perplexity -t 2, context 256", "rows": []}
-    bases = {}
-    for corpus in ("pydoc", OOD_CORPUS):
-        bases[corpus] = mdir / f"base-{corpus}.kld"
-        r = lc.perplexity(f32, files[corpus], ctx=256, chunks=chunks[corpus], kl_save=bases[corpus])
-        doc.setdefault("F32", {"bytes": f32.stat().st_size})[corpus] = {"ppl": r["ppl"]}
-    out_json = Path(args.json or ROOT / "benchmarks" / "results" / "export" / f"gguf_ablate_{args.type.lower()}.json")
+    f32 = mdir / "f32.gguf"
+    bases = {c: mdir / f"base-{c}.kld" for c in ("pydoc", OOD_CORPUS)}
+    old = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    resume = (old.get("model"), old.get("type"), old.get("config", {}).get("chunks")) == \
+        (args.model, args.type, args.chunks) and f32.is_file() and all(b.is_file() for b in bases.values())
+    if resume:                       # same model, type and chunks: keep the rows already measured
+        doc["F32"], doc["rows"] = old["F32"], old["rows"]
+        log.info("resuming %s: %d rows kept", out_json, len(doc["rows"]))
+    else:
+        export_gguf(args.model, f32, GGUFExportConfig(qtype="F32", reuse_source=False), force=True, loaded=loaded)
+        for corpus in ("pydoc", OOD_CORPUS):
+            r = lc.perplexity(f32, files[corpus], ctx=256, chunks=chunks[corpus], kl_save=bases[corpus])
+            doc.setdefault("F32", {"bytes": f32.stat().st_size})[corpus] = {"ppl": r["ppl"]}
+    done = {(r["who"], r["windows"]) for r in doc["rows"]}
 
     def add(who: str, windows: int | None, path: Path, extra: dict | None = None) -> None:
         row = {"who": who, "windows": windows, **score(path, files, bases, chunks), **(extra or {})}
@@ -77,23 +86,25 @@ def run(args) -> dict:
         path.unlink()
 
     theirs = mdir / "llama.gguf"
-    lc.quantize(f32, theirs, args.type)
-    add("llama-quantize (no imatrix)", None, theirs)
+    if args.no_imatrix_row and ("llama-quantize (no imatrix)", None) not in done:
+        lc.quantize(f32, theirs, args.type)
+        add("llama-quantize (no imatrix)", None, theirs)
     for w in args.windows:
-        imat = mdir / f"imatrix-{w}.gguf"
-        lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
-        lc.quantize(f32, theirs, args.type, imatrix_file=imat)
-        add("llama-quantize + imatrix", w, theirs)
+        if ("llama-quantize + imatrix", w) not in done:
+            imat = mdir / f"imatrix-{w}.gguf"
+            lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
+            lc.quantize(f32, theirs, args.type, imatrix_file=imat)
+            add("llama-quantize + imatrix", w, theirs)
         base = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False)
-        moments = calibrate(loaded[0], loaded[1], base)
-        names = list(VARIANTS) if w in args.detail_windows else ["gptq"]
+        names = [n for n in (args.variants if w in args.detail_windows else ["gptq"])
+                 if (f"leanlm {n}", w) not in done]
+        moments = calibrate(loaded[0], loaded[1], base) if names else None
         for name in names:
             cfg = dataclasses.replace(base, **VARIANTS[name])
             ours = mdir / f"leanlm-{name}.gguf"
             exp = export_gguf(args.model, ours, cfg, force=True, moments=moments, loaded=loaded)
             add(f"leanlm {name}", w, ours, {"export_seconds": exp["seconds"]["total"],
                                             "type_counts": exp["type_counts"]})
-    f32.unlink()
     doc["seconds"] = round(time.perf_counter() - T0, 1)
     atomic_write_json(out_json, doc)
     doc["json"] = str(out_json)
@@ -121,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--type", default="Q4_0")
     ap.add_argument("--windows", nargs="+", type=int, default=[4, 16, 64], help="512-token calibration windows")
     ap.add_argument("--detail-windows", nargs="+", type=int, default=[16], help="windows where every variant runs")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--no-imatrix-row", action="store_true", help="also llama-quantize without an imatrix")
     ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
     ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf_ablate"))
     ap.add_argument("--json", default=None)

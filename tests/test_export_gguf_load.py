@@ -201,3 +201,22 @@ def test_smollm2_metadata_matches_llama_cpp_converter(tmp_path):
         else:
             assert va == vb, key
     assert np.asarray(ours.fields["tokenizer.ggml.tokens"].contents()).size == 49152
+
+
+def test_dequantised_gguf_holds_what_the_quantised_file_means(tmp_path):
+    """``dequantise_gguf``: the float32 file llama.cpp runs as the reference for engine agreement."""
+    from leanlm.export.gguf import dequantise_gguf
+
+    q = tmp_path / "q.gguf"
+    _export("tiny-llama", "Q4_0", q)
+    f = tmp_path / "f.gguf"
+    dequantise_gguf(q, f)
+    rq, rf = gguf.GGUFReader(str(q)), gguf.GGUFReader(str(f))
+    aq, af = gguf_arrays(rq), gguf_arrays(rf)
+    assert list(aq) == list(af)
+    assert {t.tensor_type.name for t in rf.tensors} == {"F32"}
+    for name in aq:
+        assert np.array_equal(aq[name], af[name]), name
+    assert rf.fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
+    for key in ("llama.block_count", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
+        assert rf.fields[key].contents() == rq.fields[key].contents(), key

@@ -170,6 +170,34 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             "seconds": {"calibrate": round(t_calib, 1), "total": round(time.perf_counter() - t0, 1)}}
 
 
+def dequantise_gguf(src: Path, out: Path) -> dict:
+    """Write ``src``'s tensors decoded to float32 (gguf-py's dequantiser), metadata copied: the model
+    a quantised file means, for llama.cpp to run in float (an engine-agreement reference)."""
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, arch)
+        copy_metadata(reader, writer)
+        writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for t in reader.tensors:
+            shape = tuple(int(x) for x in reversed(t.shape))
+            writer.add_tensor(t.name, dequantised(t.tensor_type.name, np.asarray(t.data)).reshape(shape)
+                              .astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"file": str(out), "bytes": out.stat().st_size, "tensors": len(reader.tensors)}
+
+
 def _counts(report: dict) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in report.values():

@@ -318,6 +318,41 @@ static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int 
     st->ptr = ptr;
     if (r < rounds) rans_scalar(st, lut, mask, pb, idx, rounds - r, 0);
 }
+
+/* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop (the pattern gather and the nibble
+ * unpack are off the state chain, so they fill its latency); out[r * 32 + lane] = smap[slot] | nibble.
+ * Returns the rounds done (it stops early where a whole round's words are not in bounds). */
+__attribute__((target("avx512f,avx512bw,popcnt")))
+static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, const uint32_t *smap, uint32_t mask, int pb,
+                                 const uint8_t *nb, uint16_t *o, int64_t rounds) {
+    __m512i x[2];
+    for (int v = 0; v < 2; v++) x[v] = _mm512_loadu_si512((const void *)(st->x + 16 * v));
+    const __m512i vm = _mm512_set1_epi32((int)mask), lo16 = _mm512_set1_epi32(0xFFFF), L = _mm512_set1_epi32(RANS_L);
+    const __m128i sh = _mm_cvtsi32_si128(pb), lo4 = _mm_set1_epi8(15);
+    int64_t ptr = st->ptr, r = 0;
+    const uint16_t *w = st->w;
+    for (; r < rounds && ptr + LANES <= st->nw; r++) {
+        for (int v = 0; v < 2; v++) {
+            __m512i s = _mm512_and_si512(x[v], vm);
+            __m512i e = _mm512_i32gather_epi32(s, (const void *)lut, 4);
+            __m512i pat = _mm512_i32gather_epi32(s, (const void *)smap, 4);
+            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, lo16), _mm512_srl_epi32(x[v], sh)),
+                                         _mm512_srli_epi32(e, 16));
+            __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
+            __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + ptr)));
+            words = _mm512_maskz_expand_epi32(need, words);
+            x[v] = _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
+            ptr += __builtin_popcount((unsigned)need);
+            __m128i b = _mm_loadl_epi64((const __m128i *)(nb + 16 * r + 8 * v));
+            __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
+            pat = _mm512_or_si512(pat, _mm512_cvtepu8_epi32(n));
+            _mm256_storeu_si256((__m256i *)(o + 32 * r + 16 * v), _mm512_cvtepi32_epi16(pat));
+        }
+    }
+    for (int v = 0; v < 2; v++) _mm512_storeu_si512((void *)(st->x + 16 * v), x[v]);
+    st->ptr = ptr;
+    return r;
+}
 #endif
 
 static int rans_end(const rans_state *st) {
@@ -334,7 +369,7 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
     if (err) return err;
     uint32_t mask = (1u << pb) - 1;
     int simd = 0;                     /* the vector merge: AVX-512, one 4-bit raw field in bits 0-3 */
-    if (isa == ISA_AVX512 && width == 2 && nraw == 1 && raw[0].bits == 4) {
+    if (isa == ISA_AVX512 && width == 2 && first && nraw == 1 && raw[0].bits == 4) {
         simd = 1;
         for (uint32_t b = 0; b < 16; b++) simd &= raw[0].patt[b] == b;
     }
@@ -343,6 +378,15 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
         int64_t rounds = cnt / LANES;
         int tail = (int)(cnt % LANES);
 #if LL_X86
+        if (simd) {                   /* fused decode + merge straight into the destination, then the rest */
+            int64_t done = rans_avx512_fused(&st, lut, smap, mask, pb, raw[0].bytes + (base >> 1),
+                                             (uint16_t *)out + base, rounds);
+            int64_t left = rounds - done;
+            rans_scalar(&st, lut, mask, pb, idx, left, tail);
+            if (left * LANES + tail)
+                merge(out, width, first, base + done * LANES, left * LANES + tail, idx, smap, raw, nraw, 0);
+            continue;
+        }
         if (isa == ISA_AVX512) rans_avx512(&st, lut, mask, pb, idx, rounds);
         else if (isa == ISA_AVX2) rans_avx2(&st, lut, mask, pb, idx, rounds);
         else rans_scalar(&st, lut, mask, pb, idx, rounds, 0);

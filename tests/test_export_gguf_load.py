@@ -220,3 +220,25 @@ def test_dequantised_gguf_holds_what_the_quantised_file_means(tmp_path):
     assert rf.fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
     for key in ("llama.block_count", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
         assert rf.fields[key].contents() == rq.fields[key].contents(), key
+
+
+def test_cli_writes_a_gguf_and_refuses_bad_input(tmp_path, capsys):
+    """``leanlm export tiny-llama --to gguf``: a file transformers loads; clear one-line errors otherwise."""
+    import json
+
+    from leanlm.cli import main
+
+    out, js = tmp_path / "t.gguf", tmp_path / "t.json"
+    argv = ["export", "tiny-llama", "--to", "gguf", "--type", "q4_0", "-o", str(out), "--calib", "pydoc"]
+    assert main(argv + ["--json", str(js)]) == 0
+    doc = json.loads(js.read_text())
+    assert doc["type"] == "Q4_0" and doc["bytes"] == out.stat().st_size
+    assert doc["type_counts"] == {"Q4_0": 14, "Q8_0": 1, "F32": 5}       # tied embedding: Q6_K -> Q8_0
+    AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
+    capsys.readouterr()
+    assert main(argv) != 0
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(argv[:5] + ["Q7_K"] + argv[6:] + ["--force"]) != 0
+    assert "unsupported GGUF type 'Q7_K'" in capsys.readouterr().err
+    assert main(argv + ["--force", "--bpw", "4.5"]) != 0
+    assert "--bpw" in capsys.readouterr().err

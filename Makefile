@@ -76,6 +76,13 @@ LLAMA_CPP_BUILD := $(LLAMA_CPP_SRC)/build
 LLAMA_CPP_TOOLS := llama-perplexity llama-quantize llama-imatrix llama-bench
 llama-cpp: $(LLAMA_CPP_BUILD)/bin/llama-bench
 
+# llama-cpp-python's bindings in .venv without a second build: they load libllama.so from the tools above
+# (leanlm's llama_cpp serve backend points LLAMA_CPP_LIB_PATH there). Needed only by `leanlm serve
+# --backend llama_cpp`, its test and the serve benchmark (with the extras of its own server, the anchor).
+.PHONY: llama-cpp-python
+llama-cpp-python: llama-cpp | $(STAMP)
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(PIP) install -q "./.cache/engines/llama_cpp_python-$(LLAMA_CPP_PY_VERSION)[server]"
+
 $(LLAMA_CPP_SRC)/CMakeLists.txt: | $(PY)
 	mkdir -p .cache/engines
 	cd .cache/engines && ../../$(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PY_VERSION) -d .

@@ -247,10 +247,13 @@ def rss_test(server: Server, run: Path, variants: list[Path], first_gen: int, sw
 
 
 def llama_anchor(args, work: Path) -> dict:
+    from leanlm.serve.backends.llama_cpp import _point_at_built_library
+
     try:
+        _point_at_built_library()        # sets LLAMA_CPP_LIB_PATH for both servers (subprocesses inherit it)
         import llama_cpp  # noqa: F401
-    except ImportError:
-        return {"status": "skipped: llama-cpp-python is not importable in this venv"}
+    except (ImportError, FileNotFoundError) as e:
+        return {"status": f"skipped: llama-cpp-python is not usable here ({e}; `make llama-cpp-python`)"}
     from leanlm.models.specs import packaged_gguf_path
 
     gguf = str(packaged_gguf_path(SPEC))

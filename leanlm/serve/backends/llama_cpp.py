@@ -16,6 +16,28 @@ import torch
 from .base import TextCodec
 
 
+def _point_at_built_library() -> None:
+    """``make llama-cpp-python`` installs the bindings without a library of their own (``LLAMA_BUILD=OFF``):
+    they then load ``libllama.so`` from the tools ``make llama-cpp`` built, named here unless the user set
+    ``LLAMA_CPP_LIB_PATH`` or the bindings carry their own library."""
+    import importlib.util
+
+    if os.environ.get("LLAMA_CPP_LIB_PATH"):
+        return
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ImportError("llama-cpp-python is not installed: run `make llama-cpp-python` (or pip install it)")
+    if list((Path(spec.origin).parent / "lib").glob("libllama*")):
+        return
+    from ...export.llamacpp import bin_dirs
+
+    for d in bin_dirs():
+        if (d / "libllama.so").is_file():
+            os.environ["LLAMA_CPP_LIB_PATH"] = str(d)
+            return
+    raise ImportError("llama-cpp-python has no libllama.so: run `make llama-cpp` (or set LLAMA_CPP_LIB_PATH)")
+
+
 class LlamaCppState:
     """The single sequence held in the Llama context (the KV cache lives inside llama.cpp)."""
 
@@ -25,6 +47,7 @@ class LlamaCppBackend:
     max_batch = 1
 
     def __init__(self, gguf: Path, tok, n_ctx: int = 2048, threads: int = 0):
+        _point_at_built_library()
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=min(512, n_ctx), logits_all=False,
@@ -34,7 +57,13 @@ class LlamaCppBackend:
         self._state: LlamaCppState | None = None
 
     def _logits(self) -> torch.Tensor:
-        return torch.from_numpy(self.llm.scores[self.llm.n_tokens - 1].copy()).float()[None, :]
+        # the last evaluated token's logits, read from the context (llama-cpp-python >= 0.3 keeps `scores` only
+        # with logits_all=True, which would store a row per prompt token)
+        import numpy as np
+
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        row = np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
+        return torch.from_numpy(row.copy()).float()[None, :]
 
     def prefill(self, prompts: list[list[int]]):
         if len(prompts) != 1:
@@ -82,9 +111,11 @@ def gguf_for(source: str) -> Path:
 
 def load_llama_cpp(source: str, threads: int = 0, **_) -> LlamaCppBackend:
     try:
+        _point_at_built_library()
         import llama_cpp  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError("the llama_cpp backend needs llama-cpp-python: pip install llama-cpp-python") from e
+    except (ImportError, FileNotFoundError) as e:
+        raise RuntimeError(f"the llama_cpp backend needs llama-cpp-python and libllama ({e}): run "
+                           "`make llama-cpp-python`, or pip install llama-cpp-python") from e
     from transformers import AutoTokenizer
 
     gguf = gguf_for(source)

@@ -90,7 +90,7 @@ def _resumable(out: Path, args) -> dict:
     if not out.is_file():
         return {}
     old = json.loads(out.read_text())
-    same = all(old.get("config", {}).get(k) == getattr(args, k) for k in ("chunks", "calib_windows"))
+    same = all(old.get("config", {}).get(k) == getattr(args, k) for k in ("chunks", "calib_windows", "method"))
     return old.get("models", {}) if same else {}
 
 
@@ -122,7 +122,7 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, 
         moments = moments if moments is not None else calibrate(loaded[0], loaded[1], base_cfg)
         ours, theirs = mdir / f"leanlm-{qtype}.gguf", mdir / f"llama-{qtype}.gguf"
         cfg = GGUFExportConfig(qtype=qtype, calib=str(files["calib"]), calib_windows=args.calib_windows,
-                               reuse_source=False)
+                               reuse_source=False, method=args.method)
         exp = export_gguf(spec, ours, cfg, force=True, moments=moments, loaded=loaded)
         lc.quantize(f32, theirs, qtype, imatrix_file=imat)
         row = {"leanlm": score(ours, files, bases, chunks), "llama_quantize": score(theirs, files, bases, chunks),
@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--types", nargs="+", default=["Q8_0", *RACE_TYPES, *AGREE_TYPES])
     ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows (both tools)")
+    ap.add_argument("--method", default="rtn", choices=["rtn", "gptq"], help="leanlm's quantiser (see gguf.py)")
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--engine-types", nargs="+", default=["Q8_0", "Q4_0"],
                     help="types also scored against their own dequantised weights run in float")

@@ -6,10 +6,11 @@
 One F32 GGUF of the source (our writer) gives the reference logits; for each calibration size (512-token
 windows of the same ``mix`` text, both tools), llama-imatrix + llama-quantize against leanlm's variants:
 
-- ``gptq``: the default (GPTQ error feedback, each 32-block's scale searched when the sweep reaches it);
+- ``gptq``: GPTQ error feedback, each 32-block's scale searched when the sweep reaches it;
 - ``gptq-stale``: the earlier order (a 256-column batch's eight block scales searched at its start);
 - ``gptq-llamaw``: GPTQ with llama.cpp's per-weight importance ``imatrix * sqrt(sigma2 + w^2)``;
-- ``rtn``: importance-weighted scale search, no error feedback (diag(H) weights: llama-quantize's role);
+- ``rtn``: importance-weighted scale search, no error feedback (diag(H) weights: llama-quantize's role;
+  the export's default);
 - ``rtn-llamaw``: the same with llama.cpp's weighting: the closest to llama-quantize's own method;
 - ``gptq-damp0.1``: ten times GPTQ's usual dampening;
 
@@ -43,12 +44,12 @@ from leanlm.report.tables import render_table  # noqa: E402
 
 log = logging.getLogger("export_gguf_ablate")
 VARIANTS = {
-    "gptq": {},
-    "gptq-stale": {"params_when_reached": False},
-    "gptq-llamaw": {"llama_weighting": True},
+    "gptq": {"method": "gptq"},
+    "gptq-stale": {"method": "gptq", "params_when_reached": False},
+    "gptq-llamaw": {"method": "gptq", "llama_weighting": True},
     "rtn": {"method": "rtn"},
     "rtn-llamaw": {"method": "rtn", "llama_weighting": True},
-    "gptq-damp0.1": {"damp": 0.1},
+    "gptq-damp0.1": {"method": "gptq", "damp": 0.1},
 }
 
 
@@ -111,6 +112,72 @@ def run(args) -> dict:
     return doc
 
 
+def layer_errors(args) -> dict:
+    """Per tensor, the output error ``tr(D H D^T) / tr(W H W^T)`` of leanlm's file and llama-quantize's,
+    with ``H`` from the calibration windows and from held-out windows (the pydoc eval half): does the
+    quantiser that loses in perplexity lose layer by layer, and does GPTQ's edge on the calibration
+    text survive on other text?"""
+    import gguf
+    import numpy as np
+    import torch
+
+    from leanlm.eval.corpus import load_corpus, split_corpus
+    from leanlm.export.gguf_calib import calibration_windows, input_moments
+    from leanlm.export.gguf_quant import weighted_error
+    from leanlm.export.gguf_source import gguf_arrays
+
+    work = Path(args.work) / args.model
+    work.mkdir(parents=True, exist_ok=True)
+    files = texts(Path(args.work))
+    w = args.windows[0]
+    model, tok, tensors = loaded = load_float_model(args.model)
+    f32 = work / "f32.gguf"
+    if not f32.is_file():
+        export_gguf(args.model, f32, GGUFExportConfig(qtype="F32", reuse_source=False), force=True, loaded=loaded)
+    imat = work / f"imatrix-{w}.gguf"
+    if not imat.is_file():
+        lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
+    cal = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False)
+    H_cal = calibrate(model, tok, cal)
+    H_out = input_moments(model, calibration_windows(tok, split_corpus(load_corpus("pydoc"), "eval"), 512, w))
+    files_q = {}
+    for name in args.variants:
+        files_q[f"leanlm {name}"] = work / f"le-{name}.gguf"
+        export_gguf(args.model, files_q[f"leanlm {name}"], dataclasses.replace(cal, **VARIANTS[name]),
+                    force=True, moments=H_cal, loaded=loaded)
+    files_q["llama-quantize + imatrix"] = work / "lq.gguf"
+    lc.quantize(f32, files_q["llama-quantize + imatrix"], args.type, imatrix_file=imat)
+    decoded = {who: gguf_arrays(gguf.GGUFReader(str(p))) for who, p in files_q.items()}
+    rows = {}
+    torch.set_num_threads(2)
+    for tname, W in tensors.items():
+        if tname not in H_cal or W.ndim != 2:
+            continue
+        Wt = torch.from_numpy(W)
+        ref = {k: weighted_error(Wt, torch.zeros_like(Wt), H[tname]) for k, H in (("cal", H_cal), ("heldout", H_out))}
+        rows[tname] = {who: {k: weighted_error(Wt, torch.from_numpy(np.ascontiguousarray(d[tname])), H[tname]) / ref[k]
+                             for k, H in (("cal", H_cal), ("heldout", H_out))} for who, d in decoded.items()}
+    for p in files_q.values():
+        p.unlink()
+    summary = {}
+    for who in files_q:
+        for k in ("cal", "heldout"):
+            ratios = [r[who][k] / r["llama-quantize + imatrix"][k] for r in rows.values()]
+            summary.setdefault(who, {})[k] = {"median_ratio_vs_llama": float(np.median(ratios)),
+                                              "tensors_better_than_llama": int(sum(x < 1 for x in ratios)),
+                                              "tensors": len(ratios)}
+    doc = {"benchmark": "export_gguf_layer_errors", "model": args.model, "type": args.type, "windows": w,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "summary": summary, "tensors": rows}
+    out = Path(args.json or ROOT / "benchmarks" / "results" / "export" / f"gguf_layer_errors_{args.type.lower()}.json")
+    atomic_write_json(out, doc)
+    table = [[who, k, f"{v['median_ratio_vs_llama']:.3f}", f"{v['tensors_better_than_llama']}/{v['tensors']}"]
+             for who, s in summary.items() for k, v in s.items()]
+    render_table(f"{args.model} {args.type}: per-tensor output error vs llama-quantize's (windows {w})",
+                 ["quantiser", "H from", "median error ratio", "tensors better"], table)
+    print(f"wrote {out}")
+    return doc
+
+
 def render(doc: dict) -> None:
     rows = [["F32 (source)", "-", f"{doc['F32']['bytes'] / 1e6:.1f} MB", f"{doc['F32']['pydoc']['ppl']:.3f}",
              f"{doc['F32'][OOD_CORPUS]['ppl']:.3f}", "-", "-"]]
@@ -136,12 +203,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-imatrix-row", action="store_true", help="also llama-quantize without an imatrix")
     ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
     ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf_ablate"))
+    ap.add_argument("--layer-errors", action="store_true",
+                    help="instead: per-tensor output error of each variant vs llama-quantize's (first --windows)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not lc.available():
         print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
         return 2
+    if args.layer_errors:
+        layer_errors(args)
+        return 0
     doc = run(args)
     render(doc)
     print(f"wrote {doc['json']}")

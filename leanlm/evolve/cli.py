@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved config")
     p.add_argument("--json", metavar="OUT", help="also write the result document here")
     p.add_argument("--serve", action="store_true", help="also serve the run while it evolves (as `leanlm serve "
-                   "RUN --follow`: each accepted generation is swapped in)")
+                   "RUN --follow`: each accepted generation is swapped in; --sampler openai then samples from it)")
     p.add_argument("--serve-port", type=int, default=8000, help="port of --serve (on 127.0.0.1)")
     p.add_argument("--sampler-api-key", help="--sampler openai: the endpoint's API key (never saved in the run; "
                    "default $LEANLM_SAMPLER_API_KEY or $OPENAI_API_KEY)")
@@ -84,7 +84,12 @@ def _serve(args: argparse.Namespace, run_dir: str, cfg=None):
 
     if cfg is not None:
         init_run(run_dir, cfg)                 # run.json first: the server needs a run directory to follow
-    return follow_in_background(run_dir, ServeConfig(port=args.serve_port))
+    server = follow_in_background(run_dir, ServeConfig(port=args.serve_port))
+    import os
+
+    from .sampler import URL_ENVS
+    os.environ.setdefault(URL_ENVS[0], server.url + "/v1")   # --sampler openai without a URL samples from it
+    return server
 
 
 def _fmt(v) -> str:

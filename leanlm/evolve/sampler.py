@@ -20,6 +20,8 @@ engine has its own random streams), and greedy answers agree up to batching nois
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -222,8 +224,10 @@ class VllmSampler(Sampler):
 
     kind = SamplerKind.VLLM.value
 
-    def __init__(self, dtype: str = "fp32", max_model_len: int = 1024, timeout_s: float = 900.0) -> None:
+    def __init__(self, dtype: str = "fp32", max_model_len: int = 1024, timeout_s: float = 900.0,
+                 threads: int = 0) -> None:
         super().__init__()
+        self.threads = threads          # > 0: the engine's OpenMP threads bound to cores 0..threads-1
         self.python = vllm_python()
         self.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
         self.max_model_len, self.timeout_s = max_model_len, timeout_s
@@ -241,55 +245,87 @@ class VllmSampler(Sampler):
         self.close()
         t0 = time.perf_counter()
         self.tmp = tempfile.TemporaryDirectory(prefix="leanlm-vllm-sampler-")
-        model_dir = Path(self.tmp.name) / "model"
-        model.save_pretrained(model_dir, safe_serialization=True)
-        tok.save_pretrained(model_dir)
-        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "TOKENIZERS_PARALLELISM": "false",
-               "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-        env.pop("PYTHONPATH", None)
-        self.log_path = Path(self.tmp.name) / "engine.log"
-        self.proc = subprocess.Popen([str(self.python), str(ENGINE), str(model_dir), self.dtype, str(self.max_model_len)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log_path, "w"),
-                                     text=True, env=env, cwd=self.tmp.name)
-        ready = self._reply()
+        self.model_dir = Path(self.tmp.name) / "model"
+        model.save_pretrained(self.model_dir, safe_serialization=True)
+        tok.save_pretrained(self.model_dir)
+        self.max_len = min(self.max_model_len,
+                           getattr(model.config, "max_position_embeddings", None) or self.max_model_len)
+        ready = self._start()
         self.tag, self.tok = tag, tok
         self.loads.append({"model": tag, "seconds": round(time.perf_counter() - t0, 1),
                            "engine_load_s": ready.get("load_seconds"), "vllm": ready.get("vllm_version")})
+
+    def _start(self) -> dict:
+        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "TOKENIZERS_PARALLELISM": "false",
+               "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        env.pop("PYTHONPATH", None)
+        if self.threads > 0:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{self.threads - 1}" if self.threads > 1 else "0"
+        self.log_path = Path(self.tmp.name) / "engine.log"
+        self.said: collections.deque[str] = collections.deque(maxlen=200)
+        self.err = open(self.log_path, "a")
+        self.proc = subprocess.Popen([str(self.python), str(ENGINE), str(self.model_dir), self.dtype, str(self.max_len)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, env=env,
+                                     cwd=self.tmp.name)
+        return self._reply()
+
+    def _log_tail(self) -> str:
+        """The engine's last words: vLLM logs (and prints EngineCore's traceback) to stdout, warnings to stderr."""
+        err = self.log_path.read_text(errors="replace")[-1500:] if self.log_path.is_file() else ""
+        return "stdout:\n" + "".join(self.said)[-3000:] + "\nstderr:\n" + err
 
     def _reply(self) -> dict:
         deadline = time.monotonic() + self.timeout_s
         while True:
             line = self.proc.stdout.readline()
+            if not line.startswith(MARK):
+                self.said.append(line)
             if not line:
-                tail = self.log_path.read_text()[-3000:] if self.log_path.is_file() else ""
-                raise SamplerError(f"the vLLM engine exited (code {self.proc.poll()}):\n{tail}")
+                raise SamplerError(f"the vLLM engine exited (code {self.proc.poll()}):\n{self._log_tail()}")
             if line.startswith(MARK):
                 doc = json.loads(line[len(MARK):])
                 if "error" in doc:
-                    raise SamplerError(f"the vLLM engine failed: {doc['error']}")
+                    raise SamplerError(f"the vLLM engine failed: {doc['error']}\n{self._log_tail()}")
                 return doc
             if time.monotonic() > deadline:
                 raise SamplerError(f"the vLLM engine gave no reply in {self.timeout_s:.0f} s")
+
+    def _generate(self, request: str) -> list[list[str]]:
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self._reply()["texts"]
 
     def _answers(self, prompts, k, temperature, max_new_tokens, seed, chat, batch_size, progress, desc, top_p):
         if self.proc is None:
             raise SamplerError("the vLLM sampler has no model loaded (call load first)")
         ids = [self.tok(format_prompt(self.tok, p, chat), add_special_tokens=False)["input_ids"] for p in prompts]
-        self.proc.stdin.write(json.dumps({"prompts": ids, "n": k, "temperature": temperature, "top_p": top_p,
-                                          "max_tokens": max_new_tokens, "seed": seed}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()["texts"]
+        request = json.dumps({"prompts": ids, "n": k, "temperature": temperature, "top_p": top_p,
+                              "max_tokens": max_new_tokens, "seed": seed})
+        try:
+            return self._generate(request)
+        except (SamplerError, BrokenPipeError) as e:     # a dead engine is restarted once on the same model
+            log.warning("vLLM engine died (%s); restarting it on %s", str(e)[:2000], self.tag)
+            self.notes.append(f"engine restarted after: {str(e).splitlines()[0][:200]}")
+            self._stop()
+            self._start()
+            return self._generate(request)
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError):      # EOF on stdin ends the engine
+                    self.proc.stdin.close()
                 try:
                     self.proc.wait(60)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
+            self.proc.stdout.close()
+            self.err.close()
             self.proc = None
+
+    def close(self) -> None:
+        self._stop()
         if self.tmp is not None:
             self.tmp.cleanup()
             self.tmp = None

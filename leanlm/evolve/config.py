@@ -190,10 +190,12 @@ SAFE = dict(skills=("addmix:3", "sort:1"), headline_skills=("add:2", "add:3"), s
 # code problems (solve rate in [0.2, 0.8]), an adversarial share made from failed problems, a few proposed
 # problems; the gate scores held-out problems of the trained skills (repaired pass@1; strict beside it) and of
 # the held-out families, arithmetic retention, perplexity and refusals. Replies are code: 160 new tokens.
+# Sized for the shared 2-core CPU (benchmarks/EVOLVE_CODE.md): a generation is ~30-40 min there, most of it
+# the gate's greedy decoding.
 CODE = dict(recipe=Recipe.CODE,
             skills=("keep:1", "count:1", "sumif:1", "flipwords:1", "vowels:1", "digits:1", "dedupe:1", "wordlen:1"),
-            headline_skills=(), retention_skills=("add:2", "mul:1"), generations=3, budget=60.0, problems=32,
-            samples=4, temperature=0.8, steps=30, batch_size=4, lr=3e-4, replay=32, adversarial=0.25, propose=4,
+            headline_skills=(), retention_skills=("add:2", "mul:1"), generations=2, budget=60.0, problems=16,
+            samples=4, temperature=0.8, steps=20, batch_size=4, lr=5e-4, replay=16, adversarial=0.25, propose=2,
             heldout_n=3, max_new_tokens=160, gen_batch=8, judge_n=0, retention_len=64)
 
 

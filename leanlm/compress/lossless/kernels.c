@@ -290,26 +290,33 @@ static void rans_avx2(rans_state *st, const uint32_t *lut, uint32_t mask, int pb
     if (r < rounds) rans_scalar(st, lut, mask, pb, idx, rounds - r, 0);
 }
 
-/* AVX-512F: two 16-lane vectors per round; the words expanded into the lanes that need them. */
+/* One AVX-512 rANS step of 16 lanes: slots s = x & mask -> the new states; the renormalisation words are
+ * expanded into the lanes that need them (*ptr advances by their count). */
+__attribute__((target("avx512f,popcnt"), always_inline))
+static inline __m512i rans16_step(__m512i x, __m512i s, const uint32_t *lut, __m128i sh, const uint16_t *w,
+                                  int64_t *ptr) {
+    const __m512i lo16 = _mm512_set1_epi32(0xFFFF), L = _mm512_set1_epi32(RANS_L);
+    __m512i e = _mm512_i32gather_epi32(s, (const void *)lut, 4);
+    __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, lo16), _mm512_srl_epi32(x, sh)),
+                                 _mm512_srli_epi32(e, 16));
+    __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
+    __m512i words = _mm512_maskz_expand_epi32(need, _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + *ptr))));
+    *ptr += __builtin_popcount((unsigned)need);
+    return _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
+}
+
+/* AVX-512F: two 16-lane vectors per round. */
 __attribute__((target("avx512f,popcnt")))
 static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int pb, uint32_t *idx, int64_t rounds) {
     __m512i x[2];
     for (int v = 0; v < 2; v++) x[v] = _mm512_loadu_si512((const void *)(st->x + 16 * v));
-    const __m512i vm = _mm512_set1_epi32((int)mask), lo16 = _mm512_set1_epi32(0xFFFF), L = _mm512_set1_epi32(RANS_L);
+    const __m512i vm = _mm512_set1_epi32((int)mask);
     const __m128i sh = _mm_cvtsi32_si128(pb);
     int64_t ptr = st->ptr, r = 0;
-    const uint16_t *w = st->w;
     for (; r < rounds && ptr + LANES <= st->nw; r++) {
         for (int v = 0; v < 2; v++) {
             __m512i s = _mm512_and_si512(x[v], vm);
-            __m512i e = _mm512_i32gather_epi32(s, (const void *)lut, 4);
-            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, lo16), _mm512_srl_epi32(x[v], sh)),
-                                         _mm512_srli_epi32(e, 16));
-            __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
-            __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + ptr)));
-            words = _mm512_maskz_expand_epi32(need, words);
-            x[v] = _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
-            ptr += __builtin_popcount((unsigned)need);
+            x[v] = rans16_step(x[v], s, lut, sh, st->w, &ptr);
             _mm512_storeu_si512((void *)(idx + 16 * v), s);
         }
         idx += LANES;
@@ -327,22 +334,14 @@ static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, const uint
                                  const uint8_t *nb, uint16_t *o, int64_t rounds) {
     __m512i x[2];
     for (int v = 0; v < 2; v++) x[v] = _mm512_loadu_si512((const void *)(st->x + 16 * v));
-    const __m512i vm = _mm512_set1_epi32((int)mask), lo16 = _mm512_set1_epi32(0xFFFF), L = _mm512_set1_epi32(RANS_L);
+    const __m512i vm = _mm512_set1_epi32((int)mask);
     const __m128i sh = _mm_cvtsi32_si128(pb), lo4 = _mm_set1_epi8(15);
     int64_t ptr = st->ptr, r = 0;
-    const uint16_t *w = st->w;
     for (; r < rounds && ptr + LANES <= st->nw; r++) {
         for (int v = 0; v < 2; v++) {
             __m512i s = _mm512_and_si512(x[v], vm);
-            __m512i e = _mm512_i32gather_epi32(s, (const void *)lut, 4);
             __m512i pat = _mm512_i32gather_epi32(s, (const void *)smap, 4);
-            __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, lo16), _mm512_srl_epi32(x[v], sh)),
-                                         _mm512_srli_epi32(e, 16));
-            __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
-            __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + ptr)));
-            words = _mm512_maskz_expand_epi32(need, words);
-            x[v] = _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
-            ptr += __builtin_popcount((unsigned)need);
+            x[v] = rans16_step(x[v], s, lut, sh, st->w, &ptr);
             __m128i b = _mm_loadl_epi64((const __m128i *)(nb + 16 * r + 8 * v));
             __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
             pat = _mm512_or_si512(pat, _mm512_cvtepu8_epi32(n));

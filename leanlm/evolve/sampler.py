@@ -299,8 +299,11 @@ class VllmSampler(Sampler):
         if self.proc is None:
             raise SamplerError("the vLLM sampler has no model loaded (call load first)")
         ids = [self.tok(format_prompt(self.tok, p, chat), add_special_tokens=False)["input_ids"] for p in prompts]
+        # No per-request seed: on CPU, vLLM 0.32's seeded sampling kills the engine once a seeded request needs
+        # its generator's offset ("CPU Generator does not use offset"); the engine is seeded once at start, so
+        # a run's samples repeat for the same requests on a fresh engine, not call by call.
         request = json.dumps({"prompts": ids, "n": k, "temperature": temperature, "top_p": top_p,
-                              "max_tokens": max_new_tokens, "seed": seed})
+                              "max_tokens": max_new_tokens, "seed": None})
         try:
             return self._generate(request)
         except (SamplerError, BrokenPipeError) as e:     # a dead engine is restarted once on the same model

@@ -35,7 +35,8 @@ def main(model_dir: str, dtype: str, max_model_len: int) -> None:
         try:
             greedy = req["temperature"] <= 0
             params = [SamplingParams(n=req["n"], temperature=req["temperature"], top_p=1.0 if greedy else req["top_p"],
-                                     max_tokens=req["max_tokens"], seed=None if greedy else req["seed"] * 1_000_003 + i)
+                                     max_tokens=req["max_tokens"],
+                                     seed=None if greedy or req.get("seed") is None else req["seed"] * 1_000_003 + i)
                       for i in range(len(req["prompts"]))]
             t0 = time.perf_counter()
             outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]], params, use_tqdm=False)

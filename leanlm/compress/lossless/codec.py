@@ -17,6 +17,7 @@ decoder (``cext``) when it is available, else with the numba decoders of the sam
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -236,6 +237,19 @@ def _c_decoder(enc: Encoded, out: np.ndarray, isa: int):
     return run
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A decode pool of ``workers`` threads, kept for the process (decoding many small tensors would
+    otherwise start and join threads for each one)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="leanlm-decode")
+        return _POOLS[workers]
+
+
 def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: str | None = None) -> np.ndarray:
     """Decode to a flat array of ``enc.layout.uint`` (into ``out`` when given: contiguous, that dtype and
     size); raises ``CodecError`` naming the bad chunk/field. ``isa`` forces the compiled decoder's
@@ -272,9 +286,11 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: s
     threads = max(1, min(threads, nchunks))
     if threads == 1:
         run(range(nchunks))
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, [range(k, nchunks, threads) for k in range(threads)]))
+    else:   # the caller's thread takes one share; a kept pool the others (no thread start per tensor)
+        futures = [_pool(threads - 1).submit(run, range(k, nchunks, threads)) for k in range(1, threads)]
+        run(range(0, nchunks, threads))
+        for f in futures:
+            f.result()
     bad = np.flatnonzero(status[:, 0])
     if bad.size:
         c = int(bad[0])

@@ -154,11 +154,7 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             report[name] = {**plan[name], "shape": list(arr.shape), "how": how,
                             "bytes": tensor_bytes(qtype, arr.shape), "rel_error": rel}
         torch.set_num_threads(threads)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
+        _write_and_replace(writer, tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -190,15 +186,20 @@ def dequantise_gguf(src: Path, out: Path) -> dict:
             shape = tuple(int(x) for x in reversed(t.shape))
             writer.add_tensor(t.name, dequantised(t.tensor_type.name, np.asarray(t.data)).reshape(shape)
                               .astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
+        _write_and_replace(writer, tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return {"file": str(out), "bytes": out.stat().st_size, "tensors": len(reader.tensors)}
+
+
+def _write_and_replace(writer: gguf.GGUFWriter, tmp: str, out: Path) -> None:
+    """Write a finished writer's file to its temporary path, then move it over ``out`` in one step."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
 
 
 def _counts(report: dict) -> dict[str, int]:

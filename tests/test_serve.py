@@ -2,7 +2,6 @@
 import concurrent.futures as cf
 import json
 import threading
-import time
 
 import httpx
 import openai
@@ -144,33 +143,35 @@ def test_client_that_vanishes_frees_its_slot(server, client):
 def test_full_queue_is_429(server):
     cfg = tiny_cfg(max_batch=1, max_queue=1)
     with ServerThread("tiny-llama", cfg) as s:
-        started, results = threading.Event(), []
-
-        def long_stream():
-            with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
-                              json={"model": "tiny-llama", "prompt": "a", "max_tokens": 150, "stream": True}) as r:
-                for line in r.iter_lines():
-                    started.set()
-
-        t = threading.Thread(target=long_stream)
-        t.start()
-        assert started.wait(30)
+        results, release = [], threading.Event()
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "warm", "max_tokens": 1})
+        assert r.status_code == 200                         # the version is loaded: its backend can be held
         backend = s.ctx.registry.current.backend
-        fast_step = backend.step
+        step = backend.step
 
-        def slow_step(*a, **k):                   # a tiny model decodes 150 tokens before the 2nd request lands
-            time.sleep(0.03)
-            return fast_step(*a, **k)
+        def held_step(*a, **k):       # decode steps wait for the test: the running request keeps its slot
+            release.wait(30)          # however short the tiny model's reply would be
+            return step(*a, **k)
 
-        backend.step = slow_step
-        waiting = threading.Thread(target=lambda: results.append(httpx.post(
-            s.url + "/v1/completions", timeout=60, json={"model": "tiny-llama", "prompt": "b", "max_tokens": 2})))
-        waiting.start()
-        assert wait_for(lambda: s.ctx.scheduler.stats()["waiting"] == 1, timeout=10)
-        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "c", "max_tokens": 2})
-        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
-        r = httpx.post(s.url + "/admin/rollback")                  # no --api-key: admin routes are closed
-        assert r.status_code == 403 and "--api-key" in r.json()["error"]["message"]
-        t.join(60)
+        backend.step = held_step
+        try:
+            def post(prompt, n):
+                results.append(httpx.post(s.url + "/v1/completions", timeout=60,
+                                          json={"model": "tiny-llama", "prompt": prompt, "max_tokens": n,
+                                                "temperature": 0}))
+
+            running = threading.Thread(target=post, args=("a", 20))
+            running.start()
+            assert wait_for(lambda: s.ctx.scheduler.stats()["running"] == 1, timeout=10)
+            waiting = threading.Thread(target=post, args=("b", 2))
+            waiting.start()
+            assert wait_for(lambda: s.ctx.scheduler.stats()["waiting"] == 1, timeout=10)
+            r = httpx.post(s.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "c", "max_tokens": 2})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+            r = httpx.post(s.url + "/admin/rollback")                  # no --api-key: admin routes are closed
+            assert r.status_code == 403 and "--api-key" in r.json()["error"]["message"]
+        finally:
+            release.set()
+        running.join(60)
         waiting.join(60)
-        assert results[0].status_code == 200
+        assert [x.status_code for x in results] == [200, 200]

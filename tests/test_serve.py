@@ -147,13 +147,14 @@ def test_full_queue_is_429(server):
         r = httpx.post(s.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "warm", "max_tokens": 1})
         assert r.status_code == 200                         # the version is loaded: its backend can be held
         backend = s.ctx.registry.current.backend
-        step = backend.step
+        prefill, in_prefill = backend.prefill, threading.Event()
 
-        def held_step(*a, **k):       # decode steps wait for the test: the running request keeps its slot
-            release.wait(30)          # however short the tiny model's reply would be
-            return step(*a, **k)
+        def held_prefill(*a, **k):    # the first request's prefill waits for the test: it holds the only slot
+            in_prefill.set()          # however short the tiny model's reply would be (EOS included)
+            release.wait(30)
+            return prefill(*a, **k)
 
-        backend.step = held_step
+        backend.prefill = held_prefill
         try:
             def post(prompt, n):
                 results.append(httpx.post(s.url + "/v1/completions", timeout=60,
@@ -162,7 +163,7 @@ def test_full_queue_is_429(server):
 
             running = threading.Thread(target=post, args=("a", 20))
             running.start()
-            assert wait_for(lambda: s.ctx.scheduler.stats()["running"] == 1, timeout=10)
+            assert in_prefill.wait(10)
             waiting = threading.Thread(target=post, args=("b", 2))
             waiting.start()
             assert wait_for(lambda: s.ctx.scheduler.stats()["waiting"] == 1, timeout=10)

@@ -15,17 +15,14 @@ from _serve_util import tiny_cfg, wait_for
 from leanlm.config import ConfigError
 from leanlm.eval.generate import GenerationConfig, generate
 from leanlm.evolve import lineage, loop
-from leanlm.evolve.config import EvolveConfig, Recipe, SamplerKind
+from test_evolve_loop import TINY as LOOP_TINY
+
+from leanlm.evolve.config import EvolveConfig, SamplerKind
 from leanlm.evolve.sampler import OpenAISampler, SamplerError, Samplers, TransformersSampler
 from leanlm.serve.server import ServerThread
 
 PROMPTS = ["12+34=", "What is 7 plus 8?", "Sort: 3 1 2", "hello", "5+5=", "Reverse abc", "9*9=", "a"]
-TINY = EvolveConfig(
-    spec="tiny-llama", recipe=Recipe.TINYADD, skills=("add:1",), retention_skills=(), generations=2, budget=0,
-    problems=60, samples=3, temperature=0.7, steps=20, batch_size=64, lr=1e-3, lora_r=0, replay=100,
-    adversarial=0.0, probe_n=16, heldout_n=16, gen_batch=256, judge_n=0, mastery=0.98, seed_digits=1,
-    target_digits=2, seed_examples=100, seed_steps=400, seed_lr=3e-3, max_jump=1, min_vote=0.5, progress=False,
-    advance=0.5, max_scale=2.0, exact_share=0.5, new_share=0.5)
+TINY = dataclasses.replace(LOOP_TINY, problems=60, probe_n=16, heldout_n=16)   # the loop tests' recipe, smaller
 
 
 def test_transformers_sampler_gives_the_samples_generate_gave(tiny):

@@ -240,5 +240,3 @@ def test_cli_writes_a_gguf_and_refuses_bad_input(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(argv[:5] + ["Q7_K"] + argv[6:] + ["--force"]) != 0
     assert "unsupported GGUF type 'Q7_K'" in capsys.readouterr().err
-    assert main(argv + ["--force", "--bpw", "4.5"]) != 0
-    assert "--bpw" in capsys.readouterr().err

@@ -4,7 +4,8 @@ The recipe, top to bottom (``export_gguf``):
 
 1. load the model in float32 and rename its tensors the GGUF way (``gguf_source``);
 2. plan each tensor's type exactly as llama-quantize would for ``--type`` (``gguf_types``), or, for
-   ``--bpw`` (a per-tensor mix by measured sensitivity: not built yet, refused with a clear error);
+   ``--bpw B``, quantise every matrix in every type its rows allow and pick the mix that meets the
+   whole-file budget with the least estimated loss (Fisher-weighted rounding error; ``gguf_mix``);
 3. calibrate: the second moment of every matrix's inputs on the calibration text (``gguf_calib``);
 4. quantise each matrix with importance-weighted scale search (``method="rtn"``, the default) or that
    plus GPTQ error feedback (``"gptq"``) in its block format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
@@ -28,10 +29,11 @@ import torch
 from tqdm import tqdm
 
 from . import gguf_quant as gq
-from .gguf_source import (copy_metadata, dequantised, layout_for, load_float_model,
+from .gguf_source import (copy_metadata, dequantised, gguf_tensors, layout_for, load_float_model,
                           reference_gguf, source_blocks)
+from . import gguf_mix as mix
 from .gguf_meta import write_hf_metadata
-from .gguf_types import FILE_TYPES, ModelShape, plan_types, tensor_bytes
+from .gguf_types import FILE_TYPES, ModelShape, plan_types, quantisable, tensor_bytes
 from .kquants import FORMATS, pack
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class GGUFExportConfig:
-    qtype: str = "Q4_K_M"           # llama-quantize file type name, or "MIX" with bpw
+    qtype: str = "Q4_K_M"           # llama-quantize file type name (ignored with bpw)
     bpw: float | None = None        # whole-file bits per weight (per-tensor mix chosen by sensitivity)
+    fisher_windows: int = 64        # bpw: windows of the calibration text the sensitivity is measured on
+    fisher_len: int = 128           # bpw: tokens per window (one backward pass each)
     calib: str = "mix"              # calibration text: corpus name or file path
     calib_windows: int = 32
     seq_len: int = 512
@@ -58,9 +62,10 @@ class GGUFExportConfig:
     def __post_init__(self):
         if self.bpw is None and self.qtype not in FILE_TYPES:
             raise ValueError(f"unsupported GGUF type '{self.qtype}'; choose one of {sorted(FILE_TYPES)}")
-        if self.bpw is not None:
-            raise NotImplementedError("--bpw (a per-tensor type mix meeting a whole-file budget) is not "
-                                      "implemented yet; pick one --type (Q4_0, Q4_K_M, Q3_K_M, Q2_K, ...)")
+        if self.bpw is not None and not (0 < self.bpw <= 32 and np.isfinite(self.bpw)):
+            raise ValueError(f"--bpw must be a number of bits per weight in (0, 32], not {self.bpw}")
+        if self.fisher_windows < 1 or self.fisher_len < 8:
+            raise ValueError("fisher_windows must be >= 1 and fisher_len >= 8")
         if self.method not in ("gptq", "rtn"):
             raise ValueError(f"method must be gptq or rtn, not '{self.method}'")
 
@@ -80,8 +85,8 @@ def encode_float(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuan
 
 
 def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GGUFExportConfig,
-                    hinv_cache: dict) -> tuple[np.ndarray, float]:
-    """Packed blocks (rows, bytes) and the H-weighted relative error of one matrix."""
+                    hinv_cache: dict) -> tuple[np.ndarray, float, torch.Tensor]:
+    """Packed blocks (rows, bytes), the H-weighted relative error and the dequantised matrix."""
     fmt = FORMATS[qtype]
     W = torch.from_numpy(arr)
     rows = W.shape[0]
@@ -97,7 +102,7 @@ def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GG
                      llama_weighting=cfg.llama_weighting)
     blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
     ref = gq.weighted_error(W, torch.zeros_like(W), H)
-    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30)
+    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30), res.dequant
 
 
 def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray | None:
@@ -107,10 +112,60 @@ def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray |
     return raw if np.array_equal(dequantised(qtype, raw).reshape(arr.shape), arr) else None
 
 
+def mix_candidates(model, tok, tensors: dict[str, np.ndarray], Hs: dict[str, torch.Tensor],
+                   cfg: GGUFExportConfig, src: dict | None = None) -> dict[str, list[mix.Candidate]]:
+    """Every matrix quantised in every type its rows allow, each with its estimated loss cost (``gguf_mix``).
+    Computed once per model and calibration; ``export_gguf(..., candidates=)`` reuses it for any budget."""
+    from ..eval.corpus import load_corpus
+    from .gguf_calib import calibration_windows
+
+    ids = calibration_windows(tok, load_corpus(cfg.calib), cfg.fisher_len, cfg.fisher_windows)
+    fisher = gguf_tensors(model, state=mix.fisher_diag(model, ids))
+    cands: dict[str, list[mix.Candidate]] = {}
+    hinv: dict = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, arr in tqdm(tensors.items(), desc="quantise candidates", leave=False):
+            types = mix.candidate_types(arr.shape) if quantisable(name, arr.shape) else ()
+            row = []
+            for qtype in types:
+                size = tensor_bytes(qtype, arr.shape)
+                raw = _reusable(src or {}, name, qtype, arr)
+                if raw is not None:
+                    row.append(mix.Candidate(qtype, size, 0.0, raw, 0.0, "copied from the source GGUF"))
+                    continue
+                H = Hs.get(name)
+                blocks, rel, deq = quantise_tensor(arr, qtype, H, cfg, hinv)
+                row.append(mix.Candidate(qtype, size, mix.loss_cost(fisher.get(name), arr, deq), blocks, rel,
+                                         cfg.method if H is not None else "rtn (no calibration)"))
+            if row:
+                cands[name] = row
+    finally:
+        torch.set_num_threads(threads)
+    return cands
+
+
+def _mix_plan(tensors: dict[str, np.ndarray], cands: dict[str, list[mix.Candidate]], bpw: float):
+    """(chosen candidates, plan) for a whole-file budget of ``bpw`` bits per weight."""
+    fixed = {n: ("F16" if quantisable(n, a.shape) else "F32") for n, a in tensors.items() if n not in cands}
+    fixed_bytes = sum(tensor_bytes(t, tensors[n].shape) for n, t in fixed.items())
+    n_weights = sum(a.size for a in tensors.values())
+    narrow = sum(a.shape[-1] % 256 != 0 for n, a in tensors.items() if n in cands)
+    chosen = mix.choose(cands, mix.budget_for(bpw, n_weights, fixed_bytes, cands, narrow))
+    plan = mix.mix_plan(chosen, list(tensors), fixed)
+    for n, t in fixed.items():
+        if t == "F16":
+            plan[n]["reason"] = f"row of {tensors[n].shape[-1]} fits no block type: kept F16"
+    return chosen, plan
+
+
 def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False,
-                moments: dict[str, torch.Tensor] | None = None, loaded: tuple | None = None) -> dict:
-    """Write ``spec`` as a GGUF at ``out``. ``moments`` (from ``calibrate``) and ``loaded`` (from
-    ``load_float_model``) reuse an earlier call's calibration and model, for several exports of one model."""
+                moments: dict[str, torch.Tensor] | None = None, loaded: tuple | None = None,
+                candidates: dict[str, list[mix.Candidate]] | None = None) -> dict:
+    """Write ``spec`` as a GGUF at ``out``. ``moments`` (from ``calibrate``), ``loaded`` (from
+    ``load_float_model``) and, for ``bpw``, ``candidates`` (from ``mix_candidates``) reuse an earlier
+    call's calibration, model and quantised candidates, for several exports of one model."""
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
@@ -120,11 +175,20 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
     ref_path = Path(cfg.metadata_from) if cfg.metadata_from else reference_gguf(spec)
     reader = gguf.GGUFReader(str(ref_path)) if ref_path else None
     src = source_blocks(reader) if reader is not None and cfg.reuse_source else {}
-    shapes = [(n, a.shape) for n, a in tensors.items()]
-    plan = plan_types(cfg.qtype, shapes, model_shape(model), imatrix=True)
-    ftype_name = cfg.qtype
-    quantised = any(p["type"] in FORMATS for p in plan.values())
-    Hs = (moments if moments is not None else calibrate(model, tok, cfg)) if quantised else {}
+    chosen: dict[str, mix.Candidate] = {}
+    if cfg.bpw is not None:
+        if candidates is None:
+            Hs = moments if moments is not None else calibrate(model, tok, cfg)
+            candidates = mix_candidates(model, tok, tensors, Hs, cfg, src)
+        chosen, plan = _mix_plan(tensors, candidates, cfg.bpw)
+        ftype_name, file_type = f"MIX-{cfg.bpw:g}bpw", FILE_TYPES[mix.FILE_TYPE_OF[mix.main_type(chosen)]][0]
+        Hs = {}
+    else:
+        shapes = [(n, a.shape) for n, a in tensors.items()]
+        plan = plan_types(cfg.qtype, shapes, model_shape(model), imatrix=True)
+        ftype_name, file_type = cfg.qtype, FILE_TYPES[cfg.qtype][0]
+        quantised = any(p["type"] in FORMATS for p in plan.values())
+        Hs = (moments if moments is not None else calibrate(model, tok, cfg)) if quantised else {}
     t_calib = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +197,7 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
     try:
         writer = gguf.GGUFWriter(tmp, layout.gguf_arch)
         n_meta = copy_metadata(reader, writer) if reader is not None else write_hf_metadata(model, tok, writer)
-        writer.add_file_type(int(FILE_TYPES.get(ftype_name, FILE_TYPES["Q4_K_M"])[0]))
+        writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         report, hinv = {}, {}
         threads = torch.get_num_threads()
@@ -141,18 +205,23 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
         for name, arr in tqdm(tensors.items(), desc=f"quantise {ftype_name}", leave=False):
             qtype = plan[name]["type"]
             H = Hs.get(name)
-            raw = _reusable(src, name, qtype, arr)
+            raw = None if name in chosen else _reusable(src, name, qtype, arr)
             rel = 0.0
-            if raw is not None:
+            if name in chosen:
+                c = chosen[name]
+                data, dtype, how, rel = c.blocks, FORMATS[qtype].qtype, c.how, c.rel_error
+            elif raw is not None:
                 data, dtype, how = raw, gguf.GGMLQuantizationType[qtype], "copied from the source GGUF"
             elif qtype in FORMATS:
-                data, rel = quantise_tensor(arr, qtype, H, cfg, hinv)
+                data, rel, _ = quantise_tensor(arr, qtype, H, cfg, hinv)
                 dtype, how = FORMATS[qtype].qtype, cfg.method if H is not None else "rtn (no calibration)"
             else:
                 (data, dtype), how = encode_float(arr, qtype), "float"
             writer.add_tensor(name, data, raw_dtype=dtype)
             report[name] = {**plan[name], "shape": list(arr.shape), "how": how,
                             "bytes": tensor_bytes(qtype, arr.shape), "rel_error": rel}
+            if name in chosen:
+                report[name]["est_loss"] = chosen[name].cost
         torch.set_num_threads(threads)
         _write_and_replace(writer, tmp, out)
     except BaseException:
@@ -166,6 +235,7 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             "bits_per_weight": round(8 * sum(r["bytes"] for r in report.values()) / n_weights, 4),
             "fallbacks": {n: r["reason"] for n, r in report.items() if "fell back" in r["reason"]},
             "type_counts": _counts(report), "tensors": report,
+            **({"est_loss_nats": sum(c.cost for c in chosen.values())} if chosen else {}),
             "seconds": {"calibrate": round(t_calib, 1), "total": round(time.perf_counter() - t0, 1)}}
 
 

@@ -64,13 +64,16 @@ def gguf_name(nmap: gguf.TensorNameMap, hf_name: str) -> str | None:
     return nmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
-def gguf_tensors(model) -> dict[str, np.ndarray]:
-    """Float32 arrays under GGUF names, in llama.cpp's row conventions. Tied lm_head is left out."""
+def gguf_tensors(model, state: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """Float32 arrays under GGUF names, in llama.cpp's row conventions. Tied lm_head is left out.
+    ``state`` (HF names, e.g. per-weight sensitivities) is laid out the same way instead of the weights,
+    without the norm shift (which belongs to weight values only)."""
     layout = layout_for(model)
     nmap, cfg = name_map(model, layout), model.config
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    values = state is None
     out: dict[str, np.ndarray] = {}
-    for hf_name, t in model.state_dict().items():
+    for hf_name, t in (model.state_dict() if values else state).items():
         if tied and hf_name == "lm_head.weight":
             continue
         name = gguf_name(nmap, hf_name)
@@ -81,7 +84,7 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
             w = permute_rows(w, cfg.num_attention_heads)
         elif layout.permute_qk and name.endswith("attn_k.weight"):
             w = permute_rows(w, cfg.num_key_value_heads)
-        if layout.norm_shift and name.endswith("norm.weight"):
+        if values and layout.norm_shift and name.endswith("norm.weight"):
             w = w + layout.norm_shift
         out[name] = w.contiguous().numpy()
     return out

@@ -94,13 +94,11 @@ def _resumable(out: Path, args) -> dict:
     return old.get("models", {}) if same else {}
 
 
-def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, save) -> dict:
-    """Every ``--types`` row of one model; rows in ``prior`` (an earlier run's) are kept, not re-measured."""
-    t0 = time.perf_counter()
-    mdir = work / spec
-    mdir.mkdir(parents=True, exist_ok=True)
+def prepare(spec: str, mdir: Path, files: dict[str, Path], args, loaded: tuple, prior: dict):
+    """The F32 GGUF of the source, its reference logits per corpus (for KL) and llama-imatrix on the
+    calibration text, in ``mdir``; kept from an earlier run when ``prior`` says it measured them.
+    Returns (calibration config, F32 file, imatrix file, KL base files, the model's doc so far)."""
     chunks = {"pydoc": args.chunks, OOD_CORPUS: args.chunks}
-    loaded = load_float_model(spec)
     base_cfg = GGUFExportConfig(qtype="F32", calib=str(files["calib"]), calib_windows=args.calib_windows,
                                 reuse_source=False)
     f32, imat = mdir / "f32.gguf", mdir / "imatrix.gguf"
@@ -115,6 +113,17 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, 
             r = lc.perplexity(f32, files[corpus], ctx=256, chunks=chunks[corpus], kl_save=bases[corpus])
             doc.setdefault("F32", {"bytes": f32.stat().st_size})[corpus] = {"ppl": r["ppl"]}
         doc["imatrix"] = lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=args.calib_windows)
+    return base_cfg, f32, imat, bases, doc
+
+
+def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, save) -> dict:
+    """Every ``--types`` row of one model; rows in ``prior`` (an earlier run's) are kept, not re-measured."""
+    t0 = time.perf_counter()
+    mdir = work / spec
+    mdir.mkdir(parents=True, exist_ok=True)
+    chunks = {"pydoc": args.chunks, OOD_CORPUS: args.chunks}
+    loaded = load_float_model(spec)
+    base_cfg, f32, imat, bases, doc = prepare(spec, mdir, files, args, loaded, prior)
     moments = None
     for qtype in args.types:
         if qtype in doc["types"]:

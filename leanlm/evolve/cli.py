@@ -66,6 +66,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         cfg_dict = to_dict(cfg)
     if server is not None:
         server.__exit__(None, None, None)
+    from .dist import world
+    if not world().main:               # data parallel: one process reports
+        return 0
     render_mapping("evolve summary", result)
     if args.json:
         from ..fileio import atomic_write_json
@@ -76,7 +79,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, run_dir: str, cfg=None):
     """``--serve``: the OpenAI-compatible server on this run, in this process (None without the flag)."""
-    if not args.serve:
+    from .dist import world
+    if not args.serve or not world().main:
         return None
     from ..serve.config import ServeConfig
     from ..serve.server import follow_in_background

@@ -51,6 +51,8 @@ class EvolveConfig:
     temperature: float = _f(0.8, "sampling temperature for the answers")
     steps: int = _f(60, "train steps per generation")
     batch_size: int = _f(8, "examples per train step (each of new data and retention)")
+    micro_batches: int = _f(1, "gradient parts per train step, accumulated (less memory); a data-parallel run "
+                               "(accelerate/torchrun) splits them across its processes")
     lr: float = _f(3e-4, "peak learning rate")
     lora_r: int = _f(16, "LoRA rank (0 = full fine-tuning)")
     surgery: bool = _f(True, "PCGrad between new-data and retention gradients")
@@ -129,6 +131,7 @@ class EvolveConfig:
                 "adversarial, mastery and min_vote are shares in [0, 1]")
         require(self.dtype in ("fp32", "bf16", "fp16"), f"dtype {self.dtype!r}: fp32, bf16 or fp16")
         require(self.lora_r >= 0 and self.replay >= 0 and self.propose >= 0, "lora_r, replay, propose >= 0")
+        require(self.micro_batches >= 1, "micro_batches must be >= 1")
         require(self.retention_len >= 2, "retention_len must be >= 2 tokens")
         require(self.dpo_steps >= 0, "dpo_steps must be >= 0")
         require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")

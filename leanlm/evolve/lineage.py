@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..config import from_dict, to_dict
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text, sha256_file
+from ..models.load import save_hf
 from .config import EvolveConfig
 from .train import Example
 
@@ -122,8 +123,7 @@ def save_generation(run: Path, record: dict, data: list[Example], pairs: list[di
             shutil.copytree(adapter_dir, tmp / "adapter")
             (tmp / "adapter").chmod(0o755)            # a TemporaryDirectory copy would stay owner-only
         if model is not None:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
-            tok.save_pretrained(tmp / "model")
+            save_hf(model, tok, tmp / "model")
             files.update({f"model/{p.name}": sha256_file(p) for p in sorted((tmp / "model").glob("*.safetensors"))})
         record = {**record, "files": files, "has_model": model is not None, "has_adapter": adapter_dir is not None}
         atomic_write_json(tmp / "lineage.json", record)

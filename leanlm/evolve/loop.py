@@ -25,12 +25,13 @@ from typing import Callable
 
 import torch
 
+from ..config import ConfigError
 from ..eval.corpus import load_corpus, split_corpus
 from ..eval.generate import format_prompt
 from ..eval.tasks import disjoint, parse_skill, problem_set
 from ..models import load
-from . import coderun, controller, generator, lineage, tinyadd
-from .config import EvolveConfig, Recipe
+from . import coderun, controller, dist, generator, lineage, tinyadd
+from .config import EvolveConfig, Recipe, SamplerKind
 from . import safety, safety_tune
 from .discriminator import agreement, judge, preference_pairs, sft_examples, verify, verify_strict
 from .gate import accuracy_by_skill, decide
@@ -62,7 +63,7 @@ def gen_seed(cfg: EvolveConfig, g: int) -> int:
 def train_config(cfg: EvolveConfig, course: controller.Course, seed: int, lr_extra: float = 1.0, **kw) -> TrainConfig:
     return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr * course.lr_scale * lr_extra,
                        warmup=max(1, cfg.steps // 10), surgery=cfg.surgery, retention_weight=cfg.retention_weight,
-                       lora_r=cfg.lora_r, seed=seed, **kw)
+                       lora_r=cfg.lora_r, micro_batches=cfg.micro_batches, seed=seed, **kw)
 
 
 def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> list[Example]:
@@ -277,7 +278,8 @@ def tiny_start(cfg: EvolveConfig, run: Path, samplers: Samplers | None = None) -
     data = tinyadd.disjoint(tinyadd.seed_set(cfg.seed_digits, cfg.seed_examples), tiny_heldout_keys(cfg))
     examples = [Example(p.prompt, p.answer) for p in data]
     tcfg = TrainConfig(steps=cfg.seed_steps, batch_size=cfg.batch_size, lr=cfg.seed_lr,
-                       warmup=max(1, cfg.seed_steps // 20), lora_r=0, seed=cfg.seed, weight_decay=0.01)
+                       warmup=max(1, cfg.seed_steps // 20), lora_r=0, seed=cfg.seed, weight_decay=0.01,
+                       micro_batches=cfg.micro_batches)
     hist = train(model, tok, examples, None, tcfg, progress=cfg.progress, desc="seed")
     rec = {"generation": 0, "parent": None, "accepted": True, "model_source": cfg.spec,
            "metrics": measure_tiny(model, tok, cfg, (samplers or Samplers(cfg)).candidate(model, tok, 0)),
@@ -389,6 +391,17 @@ RECIPES = {Recipe.CHAT: (chat_start, chat_generation), Recipe.TINYADD: (tiny_sta
 def run(cfg: EvolveConfig, out: Path, on_generation: Callable[[dict], None] | None = None) -> dict:
     """Run (or continue) the recipe in ``out`` until ``cfg.generations`` generations or the time budget."""
     out = Path(out)
+    if dist.world().size > 1:
+        if cfg.sampler is SamplerKind.VLLM:
+            raise ConfigError("a data-parallel run (several processes) cannot start a vLLM engine in each; "
+                              "use --sampler openai against one server, or one process")
+        with dist.run_dir(out) as mine:          # the main process writes out; the others a private copy
+            return {**_run(cfg, mine, on_generation if dist.world().main else None), "run_dir": str(out),
+                    "processes": dist.world().size}
+    return _run(cfg, out, on_generation)
+
+
+def _run(cfg: EvolveConfig, out: Path, on_generation: Callable[[dict], None] | None = None) -> dict:
     lineage.init_run(out, cfg)
     recs = lineage.records(out)
     t0, spent = time.perf_counter(), sum(r.get("wall_s", 0) for r in recs)

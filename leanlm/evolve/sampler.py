@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..eval.generate import format_prompt
+from ..models.load import save_hf
 from .config import EvolveConfig, SamplerKind
 from .solve import answers as local_answers
 
@@ -246,8 +247,7 @@ class VllmSampler(Sampler):
         t0 = time.perf_counter()
         self.tmp = tempfile.TemporaryDirectory(prefix="leanlm-vllm-sampler-")
         self.model_dir = Path(self.tmp.name) / "model"
-        model.save_pretrained(self.model_dir, safe_serialization=True)
-        tok.save_pretrained(self.model_dir)
+        save_hf(model, tok, self.model_dir)
         self.max_len = min(self.max_model_len,
                            getattr(model.config, "max_position_embeddings", None) or self.max_model_len)
         ready = self._start()

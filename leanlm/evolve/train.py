@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import require
+from . import dist
 from .surgery import combine
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     surgery: bool = True            # PCGrad between new-data and retention gradients
     retention_weight: float = 1.0   # weight of the retention loss (0 = no retention term)
+    micro_batches: int = 1          # gradient parts per batch (accumulated; split across processes under DP)
     lora_r: int = 0                 # 0 = full fine-tuning
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj",
@@ -48,6 +50,7 @@ class TrainConfig:
         require(self.steps >= 0 and self.batch_size >= 1, "steps >= 0 and batch_size >= 1")
         require(self.lr > 0 and 0 <= self.warmup, "lr > 0 and warmup >= 0")
         require(self.lora_r >= 0 and self.retention_weight >= 0, "lora_r and retention_weight must be >= 0")
+        require(self.micro_batches >= 1, "micro_batches must be >= 1")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -87,16 +90,20 @@ def batches(tok, examples: list[Example], batch_size: int, seed: int) -> Iterato
                 yield collate([rows[j] for j in chunk], tok.pad_token_id)
 
 
-def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the labelled tokens (position t predicts t+1). The output head runs only from
-    the first position that predicts a labelled token on (``logits_to_keep``): for prompt + answer
-    examples that skips the prompt, and with it most of a large vocabulary's matmul and its gradient."""
+def lm_loss(model, batch: dict[str, torch.Tensor], n_tokens: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the labelled tokens (position t predicts t+1), or their sum over ``n_tokens``
+    (a data-parallel shard's part of its global batch's mean). The output head runs only from the first
+    position that predicts a labelled token on (``logits_to_keep``): for prompt + answer examples that
+    skips the prompt, and with it most of a large vocabulary's matmul and its gradient."""
     targets = batch["labels"][:, 1:]
     cols = (targets != IGNORE).any(0).nonzero().flatten()
     first = int(cols[0]) if len(cols) else 0
     keep = torch.arange(first, targets.shape[1])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE)
+    if n_tokens is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE,
+                           reduction="sum") / max(1, n_tokens)
 
 
 # ----------------------------------------------------------------------------------- DPO
@@ -142,6 +149,30 @@ def _assign_grad(flat: torch.Tensor, params: list[torch.Tensor]) -> None:
         i += n
 
 
+def loss_and_grad(model, batch: dict[str, torch.Tensor], params: list[torch.Tensor], parts: int = 1):
+    """(mean loss, flat gradient) of a global batch, computed in ``P`` row-strided parts (rows ``j::P``)
+    whose gradients are summed: ``P = parts`` in one process (gradient accumulation: less memory per
+    step), rounded up to a multiple of the process count under data parallelism, where each process
+    computes its parts and the sums are all-reduced (``dist``). Each part's loss is its labelled tokens'
+    sum over the whole batch's count, so the total is the whole batch's mean and its gradient, and one
+    process with ``parts=N`` makes exactly the updates of N processes."""
+    w = dist.world()
+    P = w.size * -(-max(1, parts) // w.size)
+    if P == 1:
+        loss = lm_loss(model, batch)
+        return loss.detach(), _flat_grad(loss, params)
+    n_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+    g = torch.zeros(sum(p.numel() for p in params))
+    loss = torch.zeros(1)
+    for j in range(w.rank, min(P, len(batch["input_ids"])), w.size):   # fewer rows than parts: some add nothing
+        part_loss = lm_loss(model, {k: v[j::P] for k, v in batch.items()}, n_tokens)
+        g += _flat_grad(part_loss, params)
+        loss += part_loss.detach().float()
+    dist.all_reduce_sum(g)
+    dist.all_reduce_sum(loss)
+    return loss[0], g
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of ``cfg.lr``."""
     if step < cfg.warmup:
@@ -166,12 +197,10 @@ def train(model, tok, new: list[Example], retention: list[Example] | None, cfg: 
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss_new = lm_loss(model, next(it_new))
-        g_new = _flat_grad(loss_new, params)
+        loss_new, g_new = loss_and_grad(model, next(it_new), params, cfg.micro_batches)
         g_ret, loss_ret = None, None
         if it_ret is not None:
-            loss_ret = lm_loss(model, next(it_ret))
-            g_ret = _flat_grad(loss_ret, params)
+            loss_ret, g_ret = loss_and_grad(model, next(it_ret), params, cfg.micro_batches)
         g, info = combine(g_new, g_ret, cfg.surgery, cfg.retention_weight)
         norm = float(g.norm())
         if cfg.grad_clip and norm > cfg.grad_clip:

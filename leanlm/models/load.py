@@ -59,6 +59,27 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, gguf_file: str | None = None):
     return model, tok
 
 
+def save_hf(model: PreTrainedModel, tok: PreTrainedTokenizerBase | None, path: Path) -> None:
+    """``save_pretrained`` (safetensors) of model and tokenizer, on every process: once torch.distributed
+    is up, transformers writes model files on rank 0 only, and a data-parallel run's other processes keep
+    their own copy (``evolve.dist``), so those write the same files the plain way."""
+    import torch.distributed as td
+
+    path = Path(path)
+    if td.is_available() and td.is_initialized() and td.get_rank() != 0:
+        from safetensors.torch import save_model
+
+        path.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(path)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(path)
+        save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        model.save_pretrained(path, safe_serialization=True)
+    if tok is not None:
+        tok.save_pretrained(path)
+
+
 def _cached_packaged(name: str) -> Path:
     """Convert a packaged GGUF once into a bf16 safetensors directory; later loads take seconds."""
     gguf = packaged_gguf_path(name)
@@ -76,8 +97,7 @@ def _cached_packaged(name: str) -> Path:
     t0 = time.perf_counter()
     model, tok = _load_hf_dir(gguf.parent, torch.bfloat16, gguf_file=gguf.name)
     with atomic_directory(target, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_hf(model, tok, tmp)
         atomic_write_json(tmp / CACHE_MARKER, {**source, "gguf_sha256": sha256_file(gguf),
                                                "note": PACKAGED[name].note,
                                                "seconds": round(time.perf_counter() - t0, 1)})

@@ -12,6 +12,7 @@ from typing import Callable
 METHODS: dict[str, str] = {
     "lossless": "leanlm.compress.lossless.api:compress_cli",
     "int8": "leanlm.compress.quant.api:compress_cli",
+    "gptq-int8": "leanlm.compress.quant.api:compress_cli",
     "w8a8": "leanlm.compress.quant.api:compress_cli",
     "smoothquant": "leanlm.compress.quant.api:compress_cli",
     "rtn-w4": "leanlm.compress.quant.api:compress_cli",

@@ -9,15 +9,16 @@ from ...config import require
 
 class Method(str, enum.Enum):
     INT8 = "int8"                # weight-only int8 per channel, round to nearest
+    GPTQ_INT8 = "gptq-int8"      # the same int8 per channel, codes by GPTQ on the calibration text
     W8A8 = "w8a8"                # int8 weights + dynamic per-token int8 activations, no smoothing
     SMOOTHQUANT = "smoothquant"  # SmoothQuant smoothing (alpha searched) then W8A8
     RTN_W4 = "rtn-w4"            # weight-only int4 group-wise asymmetric, round to nearest
     AWQ_W4 = "awq-w4"            # AWQ scale + clip search, then int4 as RTN_W4
 
 
-WEIGHT_BITS = {Method.INT8: 8, Method.W8A8: 8, Method.SMOOTHQUANT: 8, Method.RTN_W4: 4, Method.AWQ_W4: 4}
-CALIBRATED = (Method.SMOOTHQUANT, Method.AWQ_W4)
-MODULE_KIND = {Method.INT8: "int8", Method.W8A8: "w8a8", Method.SMOOTHQUANT: "w8a8", Method.RTN_W4: "int4",
+WEIGHT_BITS = {Method.INT8: 8, Method.GPTQ_INT8: 8, Method.W8A8: 8, Method.SMOOTHQUANT: 8, Method.RTN_W4: 4, Method.AWQ_W4: 4}
+CALIBRATED = (Method.SMOOTHQUANT, Method.AWQ_W4, Method.GPTQ_INT8)
+MODULE_KIND = {Method.INT8: "int8", Method.GPTQ_INT8: "int8", Method.W8A8: "w8a8", Method.SMOOTHQUANT: "w8a8", Method.RTN_W4: "int4",
                Method.AWQ_W4: "int4"}
 
 
@@ -50,6 +51,7 @@ class QuantConfig:
     clip_max_shrink: float = field(default=0.5, metadata={"help": "smallest clip ratio is 1 - this"})
     clip_tokens: int = field(default=256, metadata={"help": "calibration tokens used by the clip search"})
     seed: int = field(default=0, metadata={"help": "seed for token subsampling"})
+    gptq_damp: float = field(default=0.01, metadata={"help": "GPTQ: dampening, as a share of mean diag(H)"})
 
     def __post_init__(self) -> None:
         require(isinstance(self.method, Method), f"method must be a Method, got {self.method!r}")
@@ -63,6 +65,7 @@ class QuantConfig:
         require(self.awq_grid >= 1 and self.clip_grid >= 1, "awq_grid and clip_grid must be >= 1")
         require(0.0 <= self.clip_max_shrink < 1.0, "clip_max_shrink must be in [0, 1)")
         require(self.awq_tokens >= 16 and self.clip_tokens >= 16, "awq_tokens and clip_tokens must be >= 16")
+        require(0 < self.gptq_damp < 1, "gptq_damp must be in (0, 1)")
 
     @property
     def bits(self) -> int:

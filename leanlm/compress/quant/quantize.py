@@ -167,8 +167,10 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
 
 # ------------------------------------------------------------------------------ module swap
 def replace_linears(model: nn.Module, arch: ArchSpec, kind: str, group: int = 128,
-                    clips: dict[str, torch.Tensor] | None = None) -> list[str]:
-    """Swap every block linear named in ``arch.linears`` for the integer module ``kind``; returns names."""
+                    clips: dict[str, torch.Tensor] | None = None,
+                    codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[str]:
+    """Swap every block linear named in ``arch.linears`` for the integer module ``kind``; returns names.
+    ``codes`` (int8: ``{name: (q, scale)}``, from GPTQ) are used as given instead of rounding the weights."""
     dtype = model_dtype(model)
     names = []
     for i, block in enumerate(decoder_layers(model, arch)):
@@ -179,6 +181,10 @@ def replace_linears(model: nn.Module, arch: ArchSpec, kind: str, group: int = 12
                 raise TypeError(f"{full} is a {type(lin).__name__}, not an nn.Linear (already quantised?)")
             if kind == "int4":
                 new = Int4Linear.from_float(lin, dtype, group, (clips or {}).get(full))
+            elif codes is not None and full in codes:
+                q, s = codes[full]
+                bias = None if lin.bias is None else lin.bias.detach().to(dtype)
+                new = QUANT_MODULES[kind](q, s.to(dtype), bias)
             else:
                 new = QUANT_MODULES[kind].from_float(lin, dtype)
             block.set_submodule(rel, new)
@@ -197,15 +203,18 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_ids: torch.Tensor |
     arch = arch_for(model)
     t0 = time.perf_counter()
     info: dict = {}
-    clips = None
-    if cfg.method is Method.SMOOTHQUANT:
+    clips = codes = None
+    if cfg.method is Method.GPTQ_INT8:
+        from .gptq import gptq_pass
+        codes = gptq_pass(model, arch, calib_ids, cfg.calib_batch, dtype=model_dtype(model), damp=cfg.gptq_damp)
+    elif cfg.method is Method.SMOOTHQUANT:
         info.update(smoothquant_pass(model, arch, cfg, calib_ids))
     elif cfg.method is Method.AWQ_W4:
         found = awq_pass(model, arch, cfg, calib_ids)
         clips = found["clips"]
         info["awq_alpha_mean"] = sum(found["alphas"].values()) / max(1, len(found["alphas"]))
     info["calibration_seconds"] = round(time.perf_counter() - t0, 2)
-    names = replace_linears(model, arch, cfg.module_kind, cfg.group_size, clips)
+    names = replace_linears(model, arch, cfg.module_kind, cfg.group_size, clips, codes)
     info["quantized_modules"] = len(names)
     model.leanlm_quant = {"config": cfg, **info}
     log.info("quantised %d linears with %s in %.1fs", len(names), cfg.method.value, time.perf_counter() - t0)

@@ -49,6 +49,18 @@ def texts(work: Path) -> dict[str, Path]:
     return out
 
 
+def setup(args, corpora: bool = True) -> tuple[Path, dict[str, Path]] | None:
+    """Logging, the llama.cpp tools check, and ``args.work`` with the corpus files written into it
+    (``corpora``); None (after saying why) when the tools are missing."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not lc.available():
+        print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
+        return None
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, texts(work) if corpora else {}
+
+
 def score(path: Path, files: dict[str, Path], bases: dict[str, Path], chunks: dict[str, int]) -> dict:
     res = {"bytes": path.stat().st_size}
     for corpus in ("pydoc", OOD_CORPUS):
@@ -225,16 +237,13 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.quick:
         args.models, args.chunks, args.speed_rounds = args.models[:1], 16, 0
         args.types = [t for t in args.types if t in ("Q8_0", "Q4_0")]
-    if not lc.available():
-        print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
+    ready = setup(args)
+    if ready is None:
         return 2
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    files = texts(work)
+    work, files = ready
     doc = {"benchmark": "export_gguf", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "config": vars(args), "tools": {k: str(v) for k, v in lc.tools().items()},
            "note": "2-core CPU shared with other jobs; speeds are same-run alternating ratios", "models": {}}

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from export_gguf import score, texts  # noqa: E402
+from export_gguf import score, setup, texts  # noqa: E402
 
 from leanlm.eval.corpus import OOD_CORPUS  # noqa: E402
 from leanlm.export import llamacpp as lc  # noqa: E402
@@ -209,9 +209,7 @@ def main(argv=None) -> int:
                     help="instead: per-tensor output error of each variant vs llama-quantize's (first --windows)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not lc.available():
-        print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
+    if setup(args, corpora=False) is None:
         return 2
     if args.layer_errors:
         layer_errors(args)

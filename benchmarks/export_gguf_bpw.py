@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gguf  # noqa: E402
 
-from export_gguf import prepare, score, texts  # noqa: E402
+from export_gguf import prepare, score, setup  # noqa: E402
 from leanlm.eval.corpus import OOD_CORPUS  # noqa: E402
 from leanlm.export import gguf_mix as mix  # noqa: E402
 from leanlm.export import llamacpp as lc  # noqa: E402
@@ -164,13 +164,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not lc.available():
-        print(f"llama.cpp tools missing ({lc.tools()}): run `make llama-cpp`", file=sys.stderr)
+    ready = setup(args)
+    if ready is None:
         return 2
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    files = texts(work)
+    work, files = ready
     out = Path(args.json or ROOT / "benchmarks" / "results" / "export" / "gguf_bpw.json")
     doc = {"benchmark": "export_gguf_bpw", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "config": vars(args), "models": {}}

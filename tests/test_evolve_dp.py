@@ -78,12 +78,7 @@ def _launch(script: str, tmp_path: Path, *args: str) -> None:
     assert not left, f"the second process left its scratch run behind: {left}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_processes_train_like_one_with_two_micro_batches(tmp_path):

@@ -15,13 +15,7 @@ from leanlm.export.kquants import FORMATS, pack  # noqa: E402
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The quantiser's loops are many small ops: one thread is faster, and kinder to a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected(name: str, f: dict) -> np.ndarray:

@@ -114,7 +114,8 @@ def run(args) -> dict:
 
 def layer_errors(args) -> dict:
     """Per tensor, the output error ``tr(D H D^T) / tr(W H W^T)`` of leanlm's file and llama-quantize's,
-    with ``H`` from the calibration windows and from held-out windows (the pydoc eval half): does the
+    with ``H`` from the calibration windows and from held-out windows (``--heldout``: the pydoc eval half, or
+    a corpus such as gpl3): does the
     quantiser that loses in perplexity lose layer by layer, and does GPTQ's edge on the calibration
     text survive on other text?"""
     import gguf
@@ -139,7 +140,8 @@ def layer_errors(args) -> dict:
         lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
     cal = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False)
     H_cal = calibrate(model, tok, cal)
-    H_out = input_moments(model, calibration_windows(tok, split_corpus(load_corpus("pydoc"), "eval"), 512, w))
+    held = split_corpus(load_corpus("pydoc"), "eval") if args.heldout == "pydoc" else load_corpus(args.heldout)
+    H_out = input_moments(model, calibration_windows(tok, held, 512, w))
     files_q = {}
     for name in args.variants:
         files_q[f"leanlm {name}"] = work / f"le-{name}.gguf"
@@ -169,6 +171,7 @@ def layer_errors(args) -> dict:
                                               "tensors_better_than_llama": int(sum(x < 1 for x in ratios)),
                                               "tensors": len(ratios)}
     doc = {"benchmark": "export_gguf_layer_errors", "model": args.model, "type": args.type, "windows": w,
+           "heldout": args.heldout,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "summary": summary, "tensors": rows}
     out = Path(args.json or ROOT / "benchmarks" / "results" / "export" / f"gguf_layer_errors_{args.type.lower()}.json")
     atomic_write_json(out, doc)
@@ -207,6 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(ROOT / "out" / "export_gguf_ablate"))
     ap.add_argument("--layer-errors", action="store_true",
                     help="instead: per-tensor output error of each variant vs llama-quantize's (first --windows)")
+    ap.add_argument("--heldout", default="pydoc", help="--layer-errors: held-out text (pydoc's eval half, or a corpus)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if setup(args, corpora=False) is None:

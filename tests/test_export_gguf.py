@@ -133,3 +133,18 @@ def test_plan_matches_llama_quantize_rules():
     assert plan_types("Q4_0", _smol_tensors(), SMOL, imatrix=False)["blk.2.ffn_down.weight"]["type"] == "Q4_0"
     with pytest.raises(ValueError, match="unsupported GGUF type"):
         plan_types("Q7_K", _smol_tensors(), SMOL)
+
+
+@pytest.mark.parametrize("ftype", ["Q4_0", "Q4_K_M", "Q5_K_M", "Q3_K_M"])
+def test_plan_counts_layers_in_llama_cpp_order_whatever_the_file_order(ftype):
+    """A GGUF's own file order can be lexicographic (blk.0, blk.1, blk.10, ...: the packaged SmolLM2 and
+    Gemma are); llama-quantize walks tensors by layer number, so the per-layer rules must too."""
+    numeric = _smol_tensors()
+    lexicographic = sorted(numeric, key=lambda t: t[0])
+    assert [n for n, _ in lexicographic][1:4] != [n for n, _ in numeric][1:4]
+    a, b = plan_types(ftype, numeric, SMOL), plan_types(ftype, lexicographic, SMOL)
+    assert list(b) == [n for n, _ in lexicographic]                 # the plan keeps the order given
+    assert {n: r["type"] for n, r in a.items()} == {n: r["type"] for n, r in b.items()}
+    if ftype == "Q4_K_M":
+        more = sorted(int(n.split(".")[1]) for n, r in b.items() if n.endswith("attn_v.weight") and r["type"] == "Q8_0")
+        assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]   # use_more_bits(i, 30)

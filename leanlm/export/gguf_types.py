@@ -106,19 +106,31 @@ def fallback(qtype: str, ncols: int) -> str:
     return alt if ncols % block_size(alt) == 0 else "F16"
 
 
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+
+def llama_order(name: str) -> tuple[int, str]:
+    """llama.cpp's tensor order (``weight_name_comparer``): by layer number, then by name; tensors outside
+    the blocks first. llama-quantize counts ``attn_v`` / ``ffn_down`` layers in this order, so the mix
+    must too: a GGUF's own file order may be lexicographic (blk.0, blk.1, blk.10, ...)."""
+    m = _LAYER.match(name)
+    return (int(m.group(1)) if m else -1, name)
+
+
 def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], m: ModelShape,
                imatrix: bool = True) -> dict[str, dict]:
     """``{name: {"type", "wanted", "reason"}}`` for every tensor, in the order given (file order).
 
     ``tensors`` are (GGUF name, numpy shape (rows, cols)); ``imatrix`` says whether the quantiser is
-    calibrated (llama-quantize changes its Q4_0/Q5_0 mix when given an importance matrix).
+    calibrated (llama-quantize changes its Q4_0/Q5_0 mix when given an importance matrix). The per-layer
+    rules count layers in llama.cpp's order (``llama_order``), whatever the order given.
     """
     if ftype not in FILE_TYPES:
         raise ValueError(f"unsupported GGUF type '{ftype}'; choose one of {sorted(FILE_TYPES)}")
     default = FILE_TYPES[ftype][1]
     plan, counters = {}, {"attn_v": 0, "ffn_down": 0}
     n_wv = sum(category(name) == "attn_v" for name, _ in tensors)
-    for name, shape in tensors:
+    for name, shape in sorted(tensors, key=lambda t: llama_order(t[0])):
         if not quantisable(name, shape):
             plan[name] = {"type": "F32", "wanted": "F32", "reason": "1-D or norm: kept F32"}
             continue
@@ -136,7 +148,7 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], m: ModelS
         if got != wanted:
             reason = f"{wanted} needs rows of {block_size(wanted)}, row is {shape[-1]}: fell back to {got}"
         plan[name] = {"type": got, "wanted": wanted, "reason": reason}
-    return plan
+    return {name: plan[name] for name, _ in tensors}
 
 
 def tensor_bytes(qtype: str, shape: tuple[int, ...]) -> int:

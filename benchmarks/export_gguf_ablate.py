@@ -13,6 +13,7 @@ windows of the same ``mix`` text, both tools), llama-imatrix + llama-quantize ag
   the export's default);
 - ``rtn-llamaw``: the same with llama.cpp's weighting: the closest to llama-quantize's own method;
 - ``gptq-damp0.1``: ten times GPTQ's usual dampening;
+- ``gptq-rtn-v-down``: GPTQ, but ``attn_v`` and ``ffn_down`` rounded without error feedback;
 
 each scored by ``llama-perplexity`` (context 256) on the pydoc eval half and GPL-3, with KL and top-1
 against the F32 logits. The extra variants run at ``--detail-windows`` only; ``--no-imatrix-row`` adds
@@ -50,6 +51,7 @@ VARIANTS = {
     "rtn": {"method": "rtn"},
     "rtn-llamaw": {"method": "rtn", "llama_weighting": True},
     "gptq-damp0.1": {"method": "gptq", "damp": 0.1},
+    "gptq-rtn-v-down": {"method": "gptq", "rtn_for": ("attn_v", "ffn_down")},
 }
 
 

@@ -10,12 +10,15 @@ Every file is scored by llama.cpp's own ``llama-perplexity`` (context 256) on th
 GPL-3 (never calibrated on), with KL and top-1 agreement against the F32 source, as in
 ``export_gguf.py`` (whose F32 file, imatrix and reference logits in ``--work`` are reused). The mix's
 candidates (every matrix in every type its rows allow) are quantised once per model and shared by all
-budgets. leanlm's files do not copy source blocks (``reuse_source=False``). Writes
+budgets; a budget whose chosen mix equals a smaller budget's (every matrix at the end of its hull) is the
+same file and is not scored again (``same_file_as``). leanlm's files do not copy source blocks
+(``reuse_source=False``). Writes
 ``benchmarks/results/export/gguf_bpw.json`` and a size-perplexity plot beside it. Needs ``make llama-cpp``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -77,13 +80,21 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, save) -> dict
     targets = {f"at {q}": v["bpw"] for q, v in doc["llama_quantize"].items()}
     targets.update({f"{b:g} bpw": b for b in args.extra_bpw if b >= floor})
     targets["smallest mix"] = floor + 1e-4
+    scored: dict[str, tuple[str, dict]] = {}     # chosen types -> (first label, its scores)
     for label, bpw in sorted(targets.items(), key=lambda kv: kv[1]):
         ours = mdir / "leanlm-mix.gguf"
         exp = export_gguf(spec, ours, GGUFExportConfig(**{**cfg.__dict__, "bpw": bpw}), force=True,
                           loaded=loaded, candidates=cands)
+        key = json.dumps({n: t["type"] for n, t in exp["tensors"].items()}, sort_keys=True)
+        if key in scored:       # every matrix already at the end of its hull: the same file as a smaller budget
+            first, res = scored[key]
+            res = {**res, "same_file_as": first}
+        else:
+            res = score(ours, files, bases, chunks)
+            scored[key] = (label, res)
         doc["leanlm_mix"][label] = {"bpw_target": round(bpw, 4), "bpw": exp["bits_per_weight"],
                                     "type_counts": exp["type_counts"], "est_loss_nats": exp["est_loss_nats"],
-                                    **score(ours, files, bases, chunks)}
+                                    **res}
         ours.unlink()
         log.info("%s leanlm %s: %s", spec, label, doc["leanlm_mix"][label])
         save(doc)

@@ -222,6 +222,25 @@ def test_dequantised_gguf_holds_what_the_quantised_file_means(tmp_path):
         assert rf.fields[key].contents() == rq.fields[key].contents(), key
 
 
+def test_gptq_can_leave_categories_to_rtn(tmp_path):
+    """``--method gptq --rtn-for attn_v,ffn_down``: those tensors are rounded without error feedback (the
+    same bytes as the rtn export), the others by GPTQ; an unknown category is refused."""
+    cfg = GGUFExportConfig(qtype="Q4_0", calib="pydoc", calib_windows=2, seq_len=128, method="gptq",
+                           rtn_for=("attn_v", "ffn_down"))
+    mixed = export_gguf("tiny-llama", tmp_path / "m.gguf", cfg, force=True)
+    rtn = export_gguf("tiny-llama", tmp_path / "r.gguf", GGUFExportConfig(**{**cfg.__dict__, "method": "rtn"}),
+                      force=True)
+    how = {n: r["how"] for n, r in mixed["tensors"].items() if r["type"] == "Q4_0"}
+    assert {h for n, h in how.items() if "attn_v" in n or "ffn_down" in n} == {"rtn"}
+    assert {h for n, h in how.items() if "attn_q" in n or "ffn_up" in n} == {"gptq"}
+    a, b = gguf.GGUFReader(str(tmp_path / "m.gguf")), gguf.GGUFReader(str(tmp_path / "r.gguf"))
+    ta, tb = {t.name: np.asarray(t.data) for t in a.tensors}, {t.name: np.asarray(t.data) for t in b.tensors}
+    assert all(np.array_equal(ta[n], tb[n]) for n in how if "attn_v" in n or "ffn_down" in n)
+    assert not all(np.array_equal(ta[n], tb[n]) for n in how if "attn_q" in n)
+    with pytest.raises(ValueError, match="unknown tensor categories"):
+        GGUFExportConfig(method="gptq", rtn_for=("attn_x",))
+
+
 def test_cli_writes_a_gguf_and_refuses_bad_input(tmp_path, capsys):
     """``leanlm export tiny-llama --to gguf``: a file transformers loads; clear one-line errors otherwise."""
     import json

@@ -17,6 +17,11 @@ def register(subparsers) -> None:
     p.add_argument("--bpw", type=float, default=None, help="GGUF: whole-file bits-per-weight budget (mixed types)")
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text file (default: leanlm's mixed calibration corpus)")
+    p.add_argument("--method", default=None, choices=["rtn", "gptq"],
+                   help="GGUF: importance-weighted rounding (rtn, default) or that plus GPTQ error feedback")
+    p.add_argument("--rtn-for", dest="rtn_for", default=None, metavar="CATS",
+                   help="GGUF with --method gptq: tensor categories rounded without error feedback, e.g. "
+                        "attn_v,ffn_down")
     p.add_argument("--group-size", type=int, default=None, help="compressed-tensors W4: group size")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", metavar="OUT", help="also write the result document here")

@@ -34,6 +34,7 @@ from .gguf_source import (copy_metadata, dequantised, gguf_tensors, layout_for, 
 from . import gguf_mix as mix
 from .gguf_meta import write_hf_metadata
 from .gguf_types import FILE_TYPES, ModelShape, plan_types, quantisable, tensor_bytes
+from .gguf_types import category as tensor_category
 from .kquants import FORMATS, pack
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class GGUFExportConfig:
     # default: on SmolLM2 Q4_0 it beats llama-quantize + imatrix and GPTQ loses to both
     # (benchmarks/results/export/gguf_ablate_q4_0.json)
     method: str = "rtn"
+    # gptq: tensor categories (gguf_types.category: attn_v, ffn_down, ...) rounded without error feedback.
+    # GPTQ overfits the calibration text where these read their inputs (measured on SmolLM2 Q4_K_M:
+    # gptq everywhere 15.947 / 20.936, rtn 16.191 / 20.575, gptq but rtn for attn_v + ffn_down 15.917 /
+    # 20.555, pydoc / GPL-3; benchmarks/EXPORT.md)
+    rtn_for: tuple[str, ...] = ()
     damp: float = 0.01
     params_when_reached: bool = True  # GPTQ: each 32-block's scale searched when the sweep reaches it
     llama_weighting: bool = False     # importance diag(H) * sqrt(sigma2 + w^2) (llama.cpp's) instead of diag(H)
@@ -68,6 +74,10 @@ class GGUFExportConfig:
             raise ValueError("fisher_windows must be >= 1 and fisher_len >= 8")
         if self.method not in ("gptq", "rtn"):
             raise ValueError(f"method must be gptq or rtn, not '{self.method}'")
+        known = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd", "output")
+        bad = [c for c in self.rtn_for if c not in known]
+        if bad:
+            raise ValueError(f"rtn_for names unknown tensor categories {bad}; choose from {list(known)}")
 
 
 def model_shape(model) -> ModelShape:
@@ -85,12 +95,12 @@ def encode_float(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuan
 
 
 def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GGUFExportConfig,
-                    hinv_cache: dict) -> tuple[np.ndarray, float, torch.Tensor]:
+                    hinv_cache: dict, category: str = "") -> tuple[np.ndarray, float, torch.Tensor]:
     """Packed blocks (rows, bytes), the H-weighted relative error and the dequantised matrix."""
     fmt = FORMATS[qtype]
     W = torch.from_numpy(arr)
     rows = W.shape[0]
-    if H is not None and cfg.method == "gptq" and rows * W.shape[1] <= 64 * 2 ** 20:
+    if H is not None and cfg.method == "gptq" and category not in cfg.rtn_for and rows * W.shape[1] <= 64 * 2 ** 20:
         key = id(H)
         if key not in hinv_cache:
             hinv_cache.clear()   # tensors sharing an input are consecutive; keep one factor
@@ -103,6 +113,12 @@ def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GG
     blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
     ref = gq.weighted_error(W, torch.zeros_like(W), H)
     return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30), res.dequant
+
+
+def _method_of(cfg: GGUFExportConfig, name: str, H) -> str:
+    if H is None:
+        return "rtn (no calibration)"
+    return "rtn" if cfg.method == "gptq" and tensor_category(name) in cfg.rtn_for else cfg.method
 
 
 def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray | None:
@@ -136,9 +152,9 @@ def mix_candidates(model, tok, tensors: dict[str, np.ndarray], Hs: dict[str, tor
                     row.append(mix.Candidate(qtype, size, 0.0, raw, 0.0, "copied from the source GGUF"))
                     continue
                 H = Hs.get(name)
-                blocks, rel, deq = quantise_tensor(arr, qtype, H, cfg, hinv)
+                blocks, rel, deq = quantise_tensor(arr, qtype, H, cfg, hinv, tensor_category(name))
                 row.append(mix.Candidate(qtype, size, mix.loss_cost(fisher.get(name), arr, deq), blocks, rel,
-                                         cfg.method if H is not None else "rtn (no calibration)"))
+                                         _method_of(cfg, name, H)))
             if row:
                 cands[name] = row
     finally:
@@ -213,8 +229,8 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             elif raw is not None:
                 data, dtype, how = raw, gguf.GGMLQuantizationType[qtype], "copied from the source GGUF"
             elif qtype in FORMATS:
-                data, rel, _ = quantise_tensor(arr, qtype, H, cfg, hinv)
-                dtype, how = FORMATS[qtype].qtype, cfg.method if H is not None else "rtn (no calibration)"
+                data, rel, _ = quantise_tensor(arr, qtype, H, cfg, hinv, tensor_category(name))
+                dtype, how = FORMATS[qtype].qtype, _method_of(cfg, name, H)
             else:
                 (data, dtype), how = encode_float(arr, qtype), "float"
             writer.add_tensor(name, data, raw_dtype=dtype)
@@ -294,5 +310,7 @@ def export_cli(src: str, out: Path, options: dict) -> dict:
     kw = {k: v for k, v in options.items() if k in fields and v is not None}
     if options.get("qtype"):
         kw["qtype"] = options["qtype"].upper()
+    if isinstance(kw.get("rtn_for"), str):
+        kw["rtn_for"] = tuple(c for c in kw["rtn_for"].split(",") if c)
     cfg = GGUFExportConfig(**kw)
     return export_gguf(src, Path(out), cfg, force=bool(options.get("force")))

@@ -62,7 +62,7 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, save) -> dict
         theirs = mdir / f"llama-{qtype}.gguf"
         lc.quantize(f32, theirs, qtype, imatrix_file=imat)
         bpw, _ = tensor_bpw(theirs)
-        doc["llama_quantize"][qtype] = {"bpw": round(bpw, 4), **score(theirs, files, bases, chunks)}
+        doc["llama_quantize"][qtype] = {"bpw": round(bpw, 4), "bpw_exact": bpw, **score(theirs, files, bases, chunks)}
         theirs.unlink()
         log.info("%s llama %s: %s", spec, qtype, doc["llama_quantize"][qtype])
         save(doc)
@@ -77,7 +77,8 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, save) -> dict
     doc["smallest_mix_bpw"] = round(floor, 4)
     doc["narrow_matrices"] = sum(a.shape[-1] % 256 != 0 for n, a in loaded[2].items() if n in cands)
     doc["matrices"] = len(cands)
-    targets = {f"at {q}": v["bpw"] for q, v in doc["llama_quantize"].items()}
+    # the exact bits per weight of llama.cpp's file: a rounded target can fall a few KB short of its size
+    targets = {f"at {q}": v.get("bpw_exact", v["bpw"]) for q, v in doc["llama_quantize"].items()}
     targets.update({f"{b:g} bpw": b for b in args.extra_bpw if b >= floor})
     targets["smallest mix"] = floor + 1e-4
     scored: dict[str, tuple[str, dict]] = {}     # chosen types -> (first label, its scores)

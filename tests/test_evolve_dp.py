@@ -4,8 +4,8 @@ Two processes make exactly the updates of one process computing each batch in th
 parts (``micro_batches=2``): bit-identical parameters after training, and identical lineage for a whole
 tiny-recipe generation. Against one process with whole batches the difference is only the order of float
 sums: parameters within 1e-5 (relative) after 30 steps. (Whole generations are not compared that way: the
-tiny recipe's seed training amplifies rounding differences into different held-out answers; measured,
-0.6 vs 0.3 held-out accuracy after 400 steps, the reason the exact comparison is the test.)
+tiny recipe's seed training amplifies rounding differences into different held-out answers, the reason
+the exact comparison is the test.)
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import torch
 
 from leanlm import load
 from leanlm.evolve import lineage, loop
-from leanlm.evolve.train import Example, TrainConfig, train
+from leanlm.evolve.train import Example, TrainConfig, add_lora, train
 
 from test_evolve_loop import TINY, _strip
 
@@ -31,10 +31,10 @@ TESTS = Path(__file__).parent
 _TRAIN = """
 import sys, torch
 from leanlm.evolve import dist
-sys.path.insert(0, sys.argv[2])
+sys.path.insert(0, sys.argv[-1])
 from test_evolve_dp import train_case
 torch.set_num_threads(1)
-params, hist = train_case(1)
+params, hist = train_case(1, int(sys.argv[2]))
 if dist.world().main:
     torch.save({"params": params, "hist": hist}, sys.argv[1])
 """
@@ -49,15 +49,18 @@ loop.run(dataclasses.replace(TINY, generations=1), sys.argv[1])
 """
 
 
-def train_case(micro_batches: int):
-    """30 steps of SFT + retention with PCGrad on tiny-llama; (flat parameters, loss history)."""
+def train_case(micro_batches: int, lora_r: int = 0):
+    """30 steps of SFT + retention with PCGrad on tiny-llama (LoRA adapters with ``lora_r``);
+    (flat trained parameters, loss history)."""
     torch.manual_seed(0)
     model, tok = load("tiny-llama", dtype="fp32")
     new = [Example(f"{a}+{b}=", str(a + b)) for a in range(10) for b in range(10)]
     ret = [Example(f"{a}*{b}=", str(a * b)) for a in range(5) for b in range(5)]
-    cfg = TrainConfig(steps=30, batch_size=16, lr=3e-3, seed=1, micro_batches=micro_batches)
+    cfg = TrainConfig(steps=30, batch_size=16, lr=3e-3, seed=1, micro_batches=micro_batches, lora_r=lora_r)
+    if lora_r:
+        model = add_lora(model, cfg)
     hist = train(model, tok, new, ret, cfg, progress=False)
-    return torch.cat([p.detach().flatten() for p in model.parameters()]), hist
+    return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]), hist
 
 
 def _launch(script: str, tmp_path: Path, *args: str) -> None:
@@ -82,7 +85,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_processes_train_like_one_with_two_micro_batches(tmp_path):
-    _launch(_TRAIN, tmp_path, str(tmp_path / "dp.pt"))
+    _launch(_TRAIN, tmp_path, str(tmp_path / "dp.pt"), "0")
     dp = torch.load(tmp_path / "dp.pt")
     same, hist = train_case(2)
     assert torch.equal(dp["params"], same)                         # the same parts, summed in the same order
@@ -113,3 +116,14 @@ def test_a_two_process_evolve_run_matches_one_process(tmp_path):
     assert _strip(got) == _strip(want)                    # metrics, data counts, decisions, file hashes
     assert json.loads((out / "run.json").read_text())["config"]["micro_batches"] == 1
     assert got[1]["data"]["self_labelled"] > 0 and got[0]["metrics"]["heldout"]["tinyadd:1"] > 0
+
+
+def test_two_processes_train_lora_like_one(tmp_path):
+    """LoRA adapters (the chat recipe's training) under two processes: the same adapter weights as one
+    process with two micro-batches."""
+    _launch(_TRAIN, tmp_path, str(tmp_path / "dp.pt"), "4")
+    dp = torch.load(tmp_path / "dp.pt")
+    same, hist = train_case(2, lora_r=4)
+    assert torch.equal(dp["params"], same) and dp["hist"]["loss_new"] == hist["loss_new"]
+    diff = float((same - train_case(1, lora_r=4)[0]).norm())
+    assert 0 < diff < 1e-4 * float(same.norm())                   # whole batches: float order only

@@ -2,6 +2,7 @@
 import concurrent.futures as cf
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -128,15 +129,27 @@ def test_wrong_or_missing_key_is_401_except_health(server):
 
 def test_client_that_vanishes_frees_its_slot(server, client):
     sched = server.ctx.scheduler
-    with httpx.Client(timeout=30) as h:
-        with h.stream("POST", server.url + "/v1/completions", headers=_auth(),
-                      json={"model": "tiny-llama", "prompt": "long", "max_tokens": 200, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: ") and '"text"' in line:
-                    break                                   # one token arrived; now hang up
-    steps = sched.steps
-    assert wait_for(lambda: sched.stats()["running"] == 0, timeout=10)
-    assert sched.steps - steps < 150                         # stopped long before its 200 tokens
+    assert client.completions.create(model="tiny-llama", prompt="warm", max_tokens=1).choices
+    backend = server.ctx.registry.current.backend
+    step = backend.step
+
+    def paced_step(*a, **k):      # 5 ms a token: 200 tokens take >= 1 s, however fast the tiny model is,
+        time.sleep(0.005)         # so the bound below leaves the disconnect check ~0.75 s to notice
+        return step(*a, **k)
+
+    backend.step = paced_step
+    try:
+        with httpx.Client(timeout=30) as h:
+            with h.stream("POST", server.url + "/v1/completions", headers=_auth(),
+                          json={"model": "tiny-llama", "prompt": "long", "max_tokens": 200, "stream": True}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and '"text"' in line:
+                        break                               # one token arrived; now hang up
+        steps = sched.steps
+        assert wait_for(lambda: sched.stats()["running"] == 0, timeout=10)
+        assert sched.steps - steps < 150                     # stopped long before its 200 tokens
+    finally:
+        backend.step = step
     assert client.completions.create(model="tiny-llama", prompt="after", max_tokens=3).usage.completion_tokens >= 1
 
 

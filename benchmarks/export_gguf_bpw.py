@@ -32,9 +32,8 @@ import gguf  # noqa: E402
 
 from export_gguf import prepare, score, setup  # noqa: E402
 from leanlm.eval.corpus import OOD_CORPUS  # noqa: E402
-from leanlm.export import gguf_mix as mix  # noqa: E402
 from leanlm.export import llamacpp as lc  # noqa: E402
-from leanlm.export.gguf import GGUFExportConfig, calibrate, export_gguf, mix_candidates  # noqa: E402
+from leanlm.export.gguf import GGUFExportConfig, calibrate, export_gguf, mix_candidates, smallest_mix_bpw  # noqa: E402
 from leanlm.export.gguf_source import load_float_model  # noqa: E402
 from leanlm.fileio import atomic_write_json  # noqa: E402
 from leanlm.report.tables import render_table  # noqa: E402
@@ -71,9 +70,7 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, save) -> dict
     tc = time.perf_counter()
     cands = mix_candidates(loaded[0], loaded[1], loaded[2], calibrate(loaded[0], loaded[1], cfg), cfg)
     doc["candidates_seconds"] = round(time.perf_counter() - tc, 1)
-    n_weights = sum(a.size for a in loaded[2].values())
-    fixed = sum(4 * a.size for n, a in loaded[2].items() if n not in cands)
-    floor = 8 * (mix.smallest_bytes(cands) + fixed) / n_weights
+    floor = smallest_mix_bpw(loaded[2], cands)
     doc["smallest_mix_bpw"] = round(floor, 4)
     doc["narrow_matrices"] = sum(a.shape[-1] % 256 != 0 for n, a in loaded[2].items() if n in cands)
     doc["matrices"] = len(cands)

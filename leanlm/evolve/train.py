@@ -100,10 +100,9 @@ def lm_loss(model, batch: dict[str, torch.Tensor], n_tokens: int | None = None) 
     first = int(cols[0]) if len(cols) else 0
     keep = torch.arange(first, targets.shape[1])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    if n_tokens is None:
-        return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE,
-                           reduction="sum") / max(1, n_tokens)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets[:, first:].flatten(), ignore_index=IGNORE,
+                           reduction="mean" if n_tokens is None else "sum")
+    return loss if n_tokens is None else loss / max(1, n_tokens)
 
 
 # ----------------------------------------------------------------------------------- DPO

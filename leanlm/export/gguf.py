@@ -33,7 +33,7 @@ from .gguf_source import (copy_metadata, dequantised, gguf_tensors, layout_for, 
                           reference_gguf, source_blocks)
 from . import gguf_mix as mix
 from .gguf_meta import write_hf_metadata
-from .gguf_types import FILE_TYPES, ModelShape, plan_types, quantisable, tensor_bytes
+from .gguf_types import CATEGORIES, FILE_TYPES, ModelShape, plan_types, quantisable, tensor_bytes
 from .gguf_types import category as tensor_category
 from .kquants import FORMATS, pack
 
@@ -74,10 +74,9 @@ class GGUFExportConfig:
             raise ValueError("fisher_windows must be >= 1 and fisher_len >= 8")
         if self.method not in ("gptq", "rtn"):
             raise ValueError(f"method must be gptq or rtn, not '{self.method}'")
-        known = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd", "output")
-        bad = [c for c in self.rtn_for if c not in known]
+        bad = [c for c in self.rtn_for if c not in CATEGORIES]
         if bad:
-            raise ValueError(f"rtn_for names unknown tensor categories {bad}; choose from {list(known)}")
+            raise ValueError(f"rtn_for names unknown tensor categories {bad}; choose from {list(CATEGORIES)}")
 
 
 def model_shape(model) -> ModelShape:
@@ -162,9 +161,20 @@ def mix_candidates(model, tok, tensors: dict[str, np.ndarray], Hs: dict[str, tor
     return cands
 
 
+def _fixed_types(tensors: dict[str, np.ndarray], cands: dict[str, list[mix.Candidate]]) -> dict[str, str]:
+    """The tensors a mix does not choose for: norms F32, matrices no block type fits F16."""
+    return {n: ("F16" if quantisable(n, a.shape) else "F32") for n, a in tensors.items() if n not in cands}
+
+
+def smallest_mix_bpw(tensors: dict[str, np.ndarray], cands: dict[str, list[mix.Candidate]]) -> float:
+    """Bits per weight of the smallest file any mix of ``cands`` can be (where the rows' floor binds)."""
+    fixed = sum(tensor_bytes(t, tensors[n].shape) for n, t in _fixed_types(tensors, cands).items())
+    return 8 * (mix.smallest_bytes(cands) + fixed) / sum(a.size for a in tensors.values())
+
+
 def _mix_plan(tensors: dict[str, np.ndarray], cands: dict[str, list[mix.Candidate]], bpw: float):
     """(chosen candidates, plan) for a whole-file budget of ``bpw`` bits per weight."""
-    fixed = {n: ("F16" if quantisable(n, a.shape) else "F32") for n, a in tensors.items() if n not in cands}
+    fixed = _fixed_types(tensors, cands)
     fixed_bytes = sum(tensor_bytes(t, tensors[n].shape) for n, t in fixed.items())
     n_weights = sum(a.size for a in tensors.values())
     narrow = sum(a.shape[-1] % 256 != 0 for n, a in tensors.items() if n in cands)

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .gguf_types import tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,3 @@ def main_type(chosen: dict[str, Candidate]) -> str:
 # general.file_type for a mix: the llama file type named after the type holding most bytes
 FILE_TYPE_OF = {"Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q8_0": "Q8_0",
                 "Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K"}
-
-
-def fixed_bytes(tensors: dict[str, np.ndarray], quantised: set[str]) -> int:
-    return sum(tensor_bytes("F32", a.shape) for n, a in tensors.items() if n not in quantised)

@@ -30,6 +30,7 @@ _CATEGORY = [("output", re.compile(r"^output\.weight$")), ("token_embd", re.comp
              ("attn_q", re.compile(r"attn_q\.weight$")), ("attn_output", re.compile(r"attn_output\.weight$")),
              ("ffn_up", re.compile(r"ffn_up\.weight$")), ("ffn_gate", re.compile(r"ffn_gate\.weight$")),
              ("ffn_down", re.compile(r"ffn_down\.weight$"))]
+CATEGORIES = tuple(c for c, _ in _CATEGORY)
 
 
 def block_size(qtype: str) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -62,6 +62,7 @@ class Encoded:
     layout: Layout
     count: int
     config: CodecConfig
+    _jobs: tuple | None = field(default=None, init=False, repr=False, compare=False)   # see _job_template
 
     @property
     def nbytes(self) -> int:
@@ -211,30 +212,89 @@ def _scratch_bytes(lib) -> int:
     return int(lib.ll_scratch_bytes())
 
 
-def _c_decoder(enc: Encoded, out: np.ndarray, isa: int):
-    """A per-chunk decode function over the compiled library (None when it is unavailable)."""
-    lib = cext.library()
-    if lib is None or enc.config.coder == "rans64":
-        return None
-    layout, chunk = enc.layout, enc.config.chunk_values
-    patt, bits = _layout_arrays(layout)
-    index = np.ascontiguousarray(enc.index, np.int64)
-    words, tables = np.ascontiguousarray(enc.words), np.ascontiguousarray(enc.tables)
-    width = out.itemsize
-    ptrs = (words.ctypes.data, index.ctypes.data, tables.ctypes.data, patt.ctypes.data, bits.ctypes.data,
-            out.ctypes.data)
-    nf, stride = len(layout.fields), patt.shape[1]
-    keep = (patt, bits, index, words, tables)   # noqa: F841 (alive while the closure is)
+JOB_FIELDS = 14   # kernels.c ll_job: 14 eight-byte fields; out (column 11) and status (the last) vary
+OUT, N, STATUS = 11, 10, 13
 
-    def run(c: int, scratch: np.ndarray) -> tuple[int, int]:
-        n = min(chunk, enc.count - c * chunk)
-        r = lib.ll_decode_chunk(ptrs[0], words.size, ptrs[1] + c * nf * 32, nf, ptrs[2], tables.size, ptrs[3],
-                                stride, ptrs[4], enc.config.prob_bits, n, ptrs[5] + c * chunk * width, width, isa,
-                                scratch.ctypes.data, scratch.size)
-        _ = keep
-        return int(r & 0xFF), int(r >> 8)
-    run.scratch_bytes = _scratch_bytes(lib)
-    return run
+
+def _job_template(enc: Encoded) -> np.ndarray:
+    """The compiled decoder's job table of ``enc``, one row per chunk (``kernels.c`` ``ll_job``), with each
+    chunk's byte offset in the destination in the ``out`` column; built once per encoded tensor (repeated
+    decodes, as the on-the-fly hooks do, reuse it). The arrays it points into stay alive with it."""
+    if enc._jobs is None:
+        layout, chunk = enc.layout, enc.config.chunk_values
+        patt, bits = _layout_arrays(layout)
+        index = np.ascontiguousarray(enc.index, np.int64)
+        words, tables = np.ascontiguousarray(enc.words), np.ascontiguousarray(enc.tables)
+        width, nf = layout.width // 8, len(layout.fields)
+        c = np.arange(index.shape[0], dtype=np.int64)
+        jobs = np.empty((index.shape[0], JOB_FIELDS), np.int64)
+        jobs[:] = (words.ctypes.data, words.size, 0, nf, tables.ctypes.data, tables.size, patt.ctypes.data,
+                   patt.shape[1], bits.ctypes.data, enc.config.prob_bits, 0, 0, width, 0)
+        jobs[:, 2] = index.ctypes.data + c * nf * 32
+        jobs[:, N] = np.minimum(chunk, enc.count - c * chunk)
+        jobs[:, OUT] = c * chunk * width
+        jobs.flags.writeable = False
+        enc._jobs = (jobs, (patt, bits, index, words, tables))
+    return enc._jobs[0]
+
+
+def compiled(enc: Encoded) -> bool:
+    """Does the compiled decoder decode ``enc`` here?"""
+    return enc.config.coder != "rans64" and cext.library() is not None
+
+
+def c_jobs(enc: Encoded, out: np.ndarray) -> np.ndarray:
+    """The job table decoding ``enc`` into ``out`` (contiguous, its size)."""
+    jobs = _job_template(enc).copy()
+    jobs[:, OUT] += out.ctypes.data
+    return jobs
+
+
+_LOCAL = threading.local()
+
+
+def scratch_buffer(lib) -> np.ndarray:
+    """The calling thread's decoder scratch (kept: a fresh one would page-fault on every tensor)."""
+    need = _scratch_bytes(lib)
+    buf = getattr(_LOCAL, "scratch", None)
+    if buf is None or buf.size < need:
+        buf = _LOCAL.scratch = np.zeros(need, np.uint8)
+    return buf
+
+
+def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1) -> None:
+    """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads, each
+    taking a contiguous share of about the same number of values (neighbouring chunks pair up in the
+    decoder). The compiled decoder releases the GIL."""
+    lib = cext.library()
+
+    def run(part: np.ndarray) -> None:
+        if part.shape[0]:
+            sc = scratch_buffer(lib)
+            r = lib.ll_decode_jobs(part.ctypes.data, part.shape[0], isa, sc.ctypes.data, sc.size)
+            if r < 0:
+                part[:, STATUS] = -r
+
+    threads = max(1, min(threads, jobs.shape[0]))
+    if threads == 1:
+        run(jobs)
+        return
+    cum = np.cumsum(jobs[:, N])
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, threads) / threads)
+    parts = np.split(jobs, cuts)
+    futures = [_pool(threads - 1).submit(run, p) for p in parts[1:]]
+    run(parts[0])   # the caller's thread takes one share; a kept pool the others
+    for f in futures:
+        f.result()
+
+
+def job_error(jobs: np.ndarray) -> tuple[int, int, int] | None:
+    """(row, error code, field) of the first failed job, or None."""
+    bad = np.flatnonzero(jobs[:, STATUS])
+    if not bad.size:
+        return None
+    st = int(jobs[bad[0], STATUS])
+    return int(bad[0]), st & 0xFF, st >> 8
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -265,37 +325,41 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: s
         raise ValueError(f"decode target must be a writeable contiguous {np.dtype(layout.uint)} array of "
                          f"{enc.count} values")
     out = out.reshape(-1)
-    patt = layout.patterns
-    bits = layout.field_bits()
-    status = np.zeros((nchunks, 2), np.int64)
     code = cext.requested_isa(isa)
-    cfun = _c_decoder(enc, out, code) if enc.count else None
-    if cfun is None and isa not in (None, "best", "scalar") and cfg.coder != "rans64":
+    if enc.count and compiled(enc):
+        jobs = c_jobs(enc, out)
+        run_jobs(jobs, code, threads)
+        err = job_error(jobs)
+        if err is not None:
+            raise _chunk_error(enc, isa, *err)
+        return out
+    if isa not in (None, "best", "scalar") and cfg.coder != "rans64":
         raise cext.ExtensionUnavailable(f"instruction set {isa!r} needs the compiled decoder, which is unavailable")
+    patt, bits = layout.patterns, layout.field_bits()
+    status = np.zeros((nchunks, 2), np.int64)
 
-    def run(chunks) -> None:
-        if cfun is not None:
-            scratch = np.empty(cfun.scratch_bytes, np.uint8)   # one per thread, reused across its chunks
-            for c in chunks:
-                status[c] = cfun(c, scratch)
-            return
+    def run(share) -> None:
         lut = np.empty(1 << cfg.prob_bits, np.uint64)
-        for c in chunks:
+        for c in share:
             status[c] = _decode_chunk(c, enc, patt, bits, out, lut)
 
     threads = max(1, min(threads, nchunks))
+    shares = [range(k, nchunks, threads) for k in range(threads)]
     if threads == 1:
-        run(range(nchunks))
-    else:   # the caller's thread takes one share; a kept pool the others (no thread start per tensor)
-        futures = [_pool(threads - 1).submit(run, range(k, nchunks, threads)) for k in range(1, threads)]
-        run(range(0, nchunks, threads))
+        run(shares[0])
+    else:
+        futures = [_pool(threads - 1).submit(run, sh) for sh in shares[1:]]
+        run(shares[0])
         for f in futures:
             f.result()
     bad = np.flatnonzero(status[:, 0])
     if bad.size:
         c = int(bad[0])
-        code, field = (int(x) for x in status[c])
-        if code == ERR_ISA:
-            raise cext.ExtensionUnavailable(f"instruction set {isa!r} is not supported by this CPU")
-        raise CodecError(f"chunk {c} field {field} ({layout.fields[field]}): {ERROR_TEXT.get(code, code)}")
+        raise _chunk_error(enc, isa, c, *(int(x) for x in status[c]))
     return out
+
+
+def _chunk_error(enc: Encoded, isa: str | None, chunk: int, code: int, field: int) -> Exception:
+    if code == ERR_ISA:
+        return cext.ExtensionUnavailable(f"instruction set {isa!r} is not supported by this CPU")
+    return CodecError(f"chunk {chunk} field {field} ({enc.layout.fields[field]}): {ERROR_TEXT.get(code, code)}")

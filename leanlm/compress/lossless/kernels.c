@@ -38,6 +38,7 @@ enum { ISA_BEST = 0, ISA_SCALAR = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
 #define HSTREAMS 4
 #define HBLOCK 1024           /* values per Huffman block; block b belongs to stream b % 4 */
 #define HBITS 12              /* Huffman lookup width = maximum code length */
+#define HNARROW 5             /* symbols per lookup entry for alphabets of <= 256 symbols */
 #define MAX_RAW 3             /* raw fields merged in the same pass as the coded field */
 
 typedef struct {
@@ -196,6 +197,32 @@ static int rans_tables(const uint16_t *t, int64_t nt, int64_t at, const uint32_t
     return 0;
 }
 
+/* The bf16 fused table: one 32-bit entry per slot, freq | (slot - cum) << 10 | symbol << 20, so the decoder
+ * needs one gather per value (the pattern follows from the symbol by shifts, see fused_case). Possible when
+ * every frequency is below 2**10 (a symbol of at most 1/16 of the values at pb = 14: the rule for
+ * exponent-and-mantissa symbols); returns 0, -1 when a frequency is too large (use rans_tables), or an
+ * error code. */
+static int rans_table_fused(const uint16_t *t, int64_t nt, int64_t at, int alphabet, int pb, uint32_t *lut) {
+    if (at < 0 || at + 2 > nt) return E_TABLE;
+    int64_t lo = t[at], cnt = t[at + 1];
+    if (lo + cnt > alphabet || at + 2 + cnt > nt) return E_TABLE;
+    int64_t total = 0;
+    uint32_t fmax = 0;
+    for (int64_t k = 0; k < cnt; k++) {
+        total += t[at + 2 + k];
+        if (t[at + 2 + k] > fmax) fmax = t[at + 2 + k];
+    }
+    if (total != (1 << pb)) return E_TABLE;
+    if (fmax >= (1u << pb)) return E_TABLE;
+    if (fmax >= 1024) return -1;
+    uint32_t slot = 0;
+    for (int64_t k = 0; k < cnt; k++) {
+        uint32_t f = t[at + 2 + k], sym = (uint32_t)(lo + k) << 20;
+        for (uint32_t b = 0; b < f; b++, slot++) lut[slot] = f | b << 10 | sym;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------ rANS32 decode */
 
 typedef struct {
@@ -326,30 +353,75 @@ static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int 
     if (r < rounds) rans_scalar(st, lut, mask, pb, idx, rounds - r, 0);
 }
 
-/* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop (the pattern gather and the nibble
- * unpack are off the state chain, so they fill its latency); out[r * 32 + lane] = smap[slot] | nibble.
- * Returns the rounds done (it stops early where a whole round's words are not in bounds). */
+/* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop, one gather per 16 values (the
+ * combined table of rans_table_fused); out = pattern(symbol) | nibble, pattern(sym) = sign (sym & 1) in
+ * bit 15, sym >> 1 in bits 4-14. */
+__attribute__((target("avx512f,avx512bw,popcnt"), always_inline))
+static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
+                              int64_t *ptr, const uint8_t *nb, uint16_t *o) {
+    const __m128i lo4 = _mm_set1_epi8(15);
+    const __m512i m10 = _mm512_set1_epi32(0x3FF), L = _mm512_set1_epi32(RANS_L), one = _mm512_set1_epi32(1);
+    uint32_t sl[16] __attribute__((aligned(64))), el[16] __attribute__((aligned(64)));
+    _mm512_store_si512((void *)sl, _mm512_and_si512(x, vm));
+    for (int k = 0; k < 16; k++) el[k] = lut[sl[k]];
+    __m512i e = _mm512_load_si512((const void *)el);
+    __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, m10), _mm512_srl_epi32(x, sh)),
+                                 _mm512_and_si512(_mm512_srli_epi32(e, 10), m10));
+    __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
+    __m512i words = _mm512_maskz_expand_epi32(need, _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + *ptr))));
+    *ptr += __builtin_popcount((unsigned)need);
+    x = _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
+    __m512i sym = _mm512_srli_epi32(e, 20);
+    __m512i pat = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(sym, one), 15),
+                                  _mm512_slli_epi32(_mm512_srli_epi32(sym, 1), 4));
+    __m128i b = _mm_loadl_epi64((const __m128i *)nb);
+    __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
+    pat = _mm512_or_si512(pat, _mm512_cvtepu8_epi32(n));
+    _mm256_storeu_si256((__m256i *)o, _mm512_cvtepi32_epi16(pat));
+    return x;
+}
+
+/* Returns the rounds done (it stops early where a whole round's words are not in bounds). */
 __attribute__((target("avx512f,avx512bw,popcnt")))
-static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, const uint32_t *smap, uint32_t mask, int pb,
+static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, uint32_t mask, int pb,
                                  const uint8_t *nb, uint16_t *o, int64_t rounds) {
-    __m512i x[2];
-    for (int v = 0; v < 2; v++) x[v] = _mm512_loadu_si512((const void *)(st->x + 16 * v));
+    __m512i x0 = _mm512_loadu_si512((const void *)st->x), x1 = _mm512_loadu_si512((const void *)(st->x + 16));
     const __m512i vm = _mm512_set1_epi32((int)mask);
-    const __m128i sh = _mm_cvtsi32_si128(pb), lo4 = _mm_set1_epi8(15);
+    const __m128i sh = _mm_cvtsi32_si128(pb);
     int64_t ptr = st->ptr, r = 0;
     for (; r < rounds && ptr + LANES <= st->nw; r++) {
-        for (int v = 0; v < 2; v++) {
-            __m512i s = _mm512_and_si512(x[v], vm);
-            __m512i pat = _mm512_i32gather_epi32(s, (const void *)smap, 4);
-            x[v] = rans16_step(x[v], s, lut, sh, st->w, &ptr);
-            __m128i b = _mm_loadl_epi64((const __m128i *)(nb + 16 * r + 8 * v));
-            __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
-            pat = _mm512_or_si512(pat, _mm512_cvtepu8_epi32(n));
-            _mm256_storeu_si256((__m256i *)(o + 32 * r + 16 * v), _mm512_cvtepi32_epi16(pat));
-        }
+        x0 = fused16(x0, vm, lut, sh, st->w, &ptr, nb + 16 * r, o + 32 * r);
+        x1 = fused16(x1, vm, lut, sh, st->w, &ptr, nb + 16 * r + 8, o + 32 * r + 16);
     }
-    for (int v = 0; v < 2; v++) _mm512_storeu_si512((void *)(st->x + 16 * v), x[v]);
+    _mm512_storeu_si512((void *)st->x, x0);
+    _mm512_storeu_si512((void *)(st->x + 16), x1);
     st->ptr = ptr;
+    return r;
+}
+
+/* Two chunks in lock-step: four independent state vectors per round instead of two, so one chunk's gathers
+ * and multiplies fill the other's latency (the state chain, not throughput, bounds one chunk). */
+__attribute__((target("avx512f,avx512bw,popcnt")))
+static int64_t rans_avx512_fused2(rans_state *sa, rans_state *sb, const uint32_t *luta, const uint32_t *lutb,
+                                  uint32_t mask, int pb,
+                                  const uint8_t *nba, const uint8_t *nbb, uint16_t *oa, uint16_t *ob, int64_t rounds) {
+    __m512i a0 = _mm512_loadu_si512((const void *)sa->x), a1 = _mm512_loadu_si512((const void *)(sa->x + 16));
+    __m512i b0 = _mm512_loadu_si512((const void *)sb->x), b1 = _mm512_loadu_si512((const void *)(sb->x + 16));
+    const __m512i vm = _mm512_set1_epi32((int)mask);
+    const __m128i sh = _mm_cvtsi32_si128(pb);
+    int64_t pa = sa->ptr, pbb = sb->ptr, r = 0;
+    for (; r < rounds && pa + LANES <= sa->nw && pbb + LANES <= sb->nw; r++) {
+        a0 = fused16(a0, vm, luta, sh, sa->w, &pa, nba + 16 * r, oa + 32 * r);
+        b0 = fused16(b0, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r, ob + 32 * r);
+        a1 = fused16(a1, vm, luta, sh, sa->w, &pa, nba + 16 * r + 8, oa + 32 * r + 16);
+        b1 = fused16(b1, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r + 8, ob + 32 * r + 16);
+    }
+    _mm512_storeu_si512((void *)sa->x, a0);
+    _mm512_storeu_si512((void *)(sa->x + 16), a1);
+    _mm512_storeu_si512((void *)sb->x, b0);
+    _mm512_storeu_si512((void *)(sb->x + 16), b1);
+    sa->ptr = pa;
+    sb->ptr = pbb;
     return r;
 }
 #endif
@@ -360,32 +432,57 @@ static int rans_end(const rans_state *st) {
     return st->ptr == st->nw ? 0 : E_STATE;
 }
 
-static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, const uint32_t *smap, int pb,
-                         int64_t n, void *out, int width, int first, const raw_field *raw, int nraw, int isa,
+/* The fused bf16 path, for values [start, n) of a chunk whose state has decoded [0, start) (start a
+ * multiple of 32, so value i is lane i % 32's): whole rounds straight into the destination, the rest
+ * (rounds whose words reach the stream's end, the tail) scalar, same order. lut: rans_table_fused. */
+static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const uint8_t *nb, uint16_t *o,
+                            int64_t start, int64_t n) {
+    uint32_t mask = (1u << pb) - 1;
+#if LL_X86
+    start += rans_avx512_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
+#endif
+    const uint16_t *w = st->nw ? st->w : &ZERO16;
+    int64_t last = st->nw ? st->nw - 1 : 0, ptr = st->ptr;
+    for (int64_t i = start; i < n; i++) {
+        int j = (int)(i % LANES);
+        uint32_t x = st->x[j], e = lut[x & mask];
+        uint32_t y = (e & 0x3FF) * (x >> pb) + ((e >> 10) & 0x3FF);
+        uint32_t word = w[ptr < last ? ptr : last];
+        int need = y < RANS_L;
+        st->x[j] = need ? (y << 16) | word : y;
+        ptr += need;
+        uint32_t sym = e >> 20;
+        o[i] = (uint16_t)(((sym & 1) << 15) | ((sym >> 1) << 4) | ((nb[i >> 1] >> ((i & 1) * 4)) & 15));
+    }
+    st->ptr = ptr;
+}
+
+/* Is this chunk's field 0 the fused bf16 case? AVX-512, 16-bit values, a 12-bit coded field laid out as
+ * bf16 max's (sign from symbol bit 0, bits 4-14 from the rest), one 4-bit raw field in bits 0-3. */
+static int fused_case(int isa, int width, int first, const uint32_t *patt0, int bits0, const raw_field *raw,
+                      int nraw) {
+    if (!(isa == ISA_AVX512 && width == 2 && first && bits0 == 12 && nraw == 1 && raw[0].bits == 4)) return 0;
+    for (uint32_t b = 0; b < 16; b++) if (raw[0].patt[b] != b) return 0;
+    for (uint32_t v = 0; v < 4096; v++) if (patt0[v] != (((v & 1) << 15) | ((v >> 1) << 4))) return 0;
+    return 1;
+}
+
+static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, const uint32_t *smap, int fused,
+                         int pb, int64_t n, void *out, int width, int first, const raw_field *raw, int nraw, int isa,
                          uint32_t *idx) {
     rans_state st;
     int err = rans_open(s, ns, &st);
     if (err) return err;
-    uint32_t mask = (1u << pb) - 1;
-    int simd = 0;                     /* the vector merge: AVX-512, one 4-bit raw field in bits 0-3 */
-    if (isa == ISA_AVX512 && width == 2 && first && nraw == 1 && raw[0].bits == 4) {
-        simd = 1;
-        for (uint32_t b = 0; b < 16; b++) simd &= raw[0].patt[b] == b;
+    if (fused) {                      /* decode + merge straight into the destination */
+        rans_fused_rest(&st, lut, pb, raw[0].bytes, (uint16_t *)out, 0, n);
+        return rans_end(&st);
     }
+    uint32_t mask = (1u << pb) - 1;
     for (int64_t base = 0; base < n; base += BLOCK) {
         int64_t cnt = n - base < BLOCK ? n - base : BLOCK;
         int64_t rounds = cnt / LANES;
         int tail = (int)(cnt % LANES);
 #if LL_X86
-        if (simd) {                   /* fused decode + merge straight into the destination, then the rest */
-            int64_t done = rans_avx512_fused(&st, lut, smap, mask, pb, raw[0].bytes + (base >> 1),
-                                             (uint16_t *)out + base, rounds);
-            int64_t left = rounds - done;
-            rans_scalar(&st, lut, mask, pb, idx, left, tail);
-            if (left * LANES + tail)
-                merge(out, width, first, base + done * LANES, left * LANES + tail, idx, smap, raw, nraw, 0);
-            continue;
-        }
         if (isa == ISA_AVX512) rans_avx512(&st, lut, mask, pb, idx, rounds);
         else if (isa == ISA_AVX2) rans_avx2(&st, lut, mask, pb, idx, rounds);
         else rans_scalar(&st, lut, mask, pb, idx, rounds, 0);
@@ -394,7 +491,7 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
         rans_scalar(&st, lut, mask, pb, idx, rounds, tail);
 #endif
 #ifndef LL_NOMERGE
-        merge(out, width, first, base, cnt, idx, smap, raw, nraw, simd);
+        merge(out, width, first, base, cnt, idx, smap, raw, nraw, 0);
 #endif
     }
 #if LL_X86
@@ -406,9 +503,11 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
 /* ------------------------------------------------------------------------------ Huffman */
 
 /* Table at tables[at]: lo, count, len[count] (0 = unused symbol, else 1..12, a complete prefix code).
- * Multi-symbol lookup: lut[12 bits] = up to 3 symbols (16 bits each) | bits used << 48 | count << 56;
+ * Multi-symbol lookup: lut[12 bits] = up to 3 symbols (16 bits each) | bits used << 48 | count << 56, or for
+ * alphabets of at most 256 symbols (narrow) up to HNARROW symbols of 8 bits each;
  * one[12 bits] = the first symbol | its length << 16 (block tails). */
-static int huff_tables(const uint16_t *t, int64_t nt, int64_t at, int alphabet, uint64_t *lut, uint32_t *one) {
+static int huff_tables(const uint16_t *t, int64_t nt, int64_t at, int alphabet, uint64_t *lut, uint32_t *one,
+                       int narrow) {
     if (at < 0 || at + 2 > nt) return E_TABLE;
     int64_t lo = t[at], cnt = t[at + 1];
     if (lo + cnt > alphabet || at + 2 + cnt > nt || cnt < 2) return E_TABLE;
@@ -436,11 +535,11 @@ static int huff_tables(const uint16_t *t, int64_t nt, int64_t at, int alphabet, 
     for (uint32_t i = 0; i < (1u << HBITS); i++) {
         uint64_t e = 0;
         int used = 0, c = 0;
-        while (c < 3) {
+        while (c < (narrow ? HNARROW : 3)) {
             uint32_t o = one[(i >> used) & ((1u << HBITS) - 1)];
             int l = (int)(o >> 16);
             if (used + l > HBITS) break;
-            e |= (uint64_t)(o & 0xFFFF) << (16 * c);
+            e |= narrow ? (uint64_t)(o & 0xFF) << (8 * c) : (uint64_t)(o & 0xFFFF) << (16 * c);
             used += l;
             c++;
         }
@@ -463,7 +562,8 @@ static inline uint64_t peek(const bitin *s) {
 }
 
 /* Stream: [bits of stream 0..3] [stream 0 bytes, padded: ceil(bits/8) + 8 rounded up to u32] ... */
-static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const uint32_t *one, const uint32_t *smap, int64_t n,
+static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const uint32_t *one, const uint32_t *smap,
+                       int alphabet, int64_t n,
                        void *out, int width, int first, const raw_field *raw, int nraw, uint32_t *idx) {
     if (ns < HSTREAMS) return E_SHORT;
     bitin st[HSTREAMS];
@@ -480,6 +580,8 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
     if (at != ns) return E_STATE;
     const uint32_t M = (1u << HBITS) - 1;
     uint16_t sym[HSTREAMS * HBLOCK + 4];
+    uint8_t sym8[HSTREAMS * HBLOCK + 8];
+    int narrow = alphabet <= 256;
     int plain = width == 2 && nraw == 1 && raw[0].bits == 8;   /* the bf16 fast layout, checked table by table */
     for (uint32_t a = 0; a < 256 && plain; a++)
         plain = smap[a] == a << 7 && raw[0].patt[a] == ((a & 0x7F) | ((a & 0x80) << 8));
@@ -490,51 +592,103 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
             o[k] = (int64_t)k * HBLOCK < total ? (int64_t)k * HBLOCK : total;
             end[k] = (int64_t)(k + 1) * HBLOCK < total ? (int64_t)(k + 1) * HBLOCK : total;
         }
-        /* lock-step while every stream has room for the 4 symbols an entry writes (independent chains
-         * overlap); positions kept in locals so they stay in registers */
-        {
-            int64_t p0 = st[0].pos, p1 = st[1].pos, p2 = st[2].pos, p3 = st[3].pos;
-            int64_t o0 = o[0], o1 = o[1], o2 = o[2], o3 = o[3];
-            const int64_t e0 = end[0] - 4, e1 = end[1] - 4, e2 = end[2] - 4, e3 = end[3] - 4;
-#define HSTEP(k, p, oo)                                                                        \
+        /* lock-step rounds: each stream refills a 64-bit bit buffer (branch-free: at least 56 valid bits
+         * after it) and makes 4 lookups of at most 12 bits; the four streams' chains overlap. A round runs
+         * only while every stream has room for its symbols (8-byte writes) and 8 readable bytes; the
+         * rest of the block is decoded one symbol per lookup from the exact position. */
+#define HSTEP(k, buf)                                                                          \
             {                                                                                  \
-                int64_t b = p >> 3;                                                            \
+                uint64_t e = lut[bb##k & M];                                                   \
+                memcpy(buf + o##k, &e, 8);                                                     \
+                unsigned u = (unsigned)(e >> 48) & 0xFF;                                       \
+                bb##k >>= u; bc##k -= u;                                                       \
+                o##k += e >> 56;                                                               \
+            }
+#define HREFILL(k)                                                                             \
+            {                                                                                  \
                 uint64_t v;                                                                    \
-                if (b > st[k].nbytes - 8) b = st[k].nbytes - 8;                                \
-                memcpy(&v, st[k].b + b, 8);                                                    \
-                uint64_t e = lut[(v >> (p & 7)) & M];                                          \
-                memcpy(sym + oo, &e, 8);                                                       \
-                p += (e >> 48) & 0xFF;                                                         \
-                oo += e >> 56;                                                                 \
+                memcpy(&v, st[k].b + q##k, 8);                                                 \
+                bb##k |= v << bc##k;                                                           \
+                q##k += (63 - bc##k) >> 3;                                                     \
+                bc##k |= 56;                                                                   \
             }
-            while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3) {
-                HSTEP(0, p0, o0) HSTEP(1, p1, o1) HSTEP(2, p2, o2) HSTEP(3, p3, o3)
-            }
+#define HINIT(k)                                                                               \
+            int64_t q##k = st[k].pos >> 3, bc##k = 0, o##k = o[k];                             \
+            uint64_t bb##k = 0;                                                                \
+            const int64_t e##k = end[k] - room, z##k = st[k].nbytes - 8;                       \
+            if (q##k <= z##k) { HREFILL(k) bb##k >>= st[k].pos & 7; bc##k -= st[k].pos & 7; }  \
+            else ok = 0;
+#define HLOCKSTEP(buf, T, CAP)                                                                 \
+        {                                                                                      \
+            const int64_t room = 4 * CAP + 8 / (int64_t)sizeof(T);                             \
+            int ok = 1;                                                                        \
+            HINIT(0) HINIT(1) HINIT(2) HINIT(3)                                                \
+            if (ok) {                                                                          \
+                while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&                         \
+                       q0 <= z0 && q1 <= z1 && q2 <= z2 && q3 <= z3) {                         \
+                    HREFILL(0) HREFILL(1) HREFILL(2) HREFILL(3)                                \
+                    HSTEP(0, buf) HSTEP(1, buf) HSTEP(2, buf) HSTEP(3, buf)                            \
+                    HSTEP(0, buf) HSTEP(1, buf) HSTEP(2, buf) HSTEP(3, buf)                            \
+                    HSTEP(0, buf) HSTEP(1, buf) HSTEP(2, buf) HSTEP(3, buf)                            \
+                    HSTEP(0, buf) HSTEP(1, buf) HSTEP(2, buf) HSTEP(3, buf)                            \
+                }                                                                              \
+                st[0].pos = q0 * 8 - bc0; st[1].pos = q1 * 8 - bc1;                            \
+                st[2].pos = q2 * 8 - bc2; st[3].pos = q3 * 8 - bc3;                            \
+                o[0] = o0; o[1] = o1; o[2] = o2; o[3] = o3;                                    \
+            }                                                                                  \
+            for (int k = 0; k < HSTREAMS; k++) {       /* each stream's rest on its own */     \
+                int64_t q = st[k].pos >> 3, bc = 0, ok_ = o[k];                                \
+                uint64_t bb = 0;                                                               \
+                const int64_t z = st[k].nbytes - 8;                                            \
+                if (q <= z) {                                                                  \
+                    uint64_t v; memcpy(&v, st[k].b + q, 8);                                    \
+                    bb = v >> (st[k].pos & 7); bc = 56 - (st[k].pos & 7); q += 7;              \
+                }                                                                              \
+                while (q <= z && ok_ < end[k]) {      /* >= 56 - 12 valid bits per lookup */   \
+                    if (ok_ + 8 / (int64_t)sizeof(T) <= end[k]) {                              \
+                        uint64_t e = lut[bb & M];                                              \
+                        memcpy(buf + ok_, &e, 8);                                              \
+                        unsigned u = (unsigned)(e >> 48) & 0xFF;                               \
+                        bb >>= u; bc -= u; ok_ += e >> 56;                                     \
+                    } else {                                                                   \
+                        uint32_t e = one[bb & M];                                              \
+                        buf[ok_++] = (T)e;                                                     \
+                        bb >>= e >> 16; bc -= e >> 16;                                         \
+                    }                                                                          \
+                    uint64_t v; memcpy(&v, st[k].b + q, 8);                                    \
+                    bb |= v << bc; q += (63 - bc) >> 3; bc |= 56;                              \
+                }                                                                              \
+                if (bc) st[k].pos = q * 8 - bc;                                                \
+                o[k] = ok_;                                                                    \
+                while (o[k] < end[k]) {                   /* the stream's last bytes */        \
+                    uint32_t e = one[peek(&st[k]) & M];                                        \
+                    buf[o[k]++] = (T)e;                                                        \
+                    st[k].pos += e >> 16;                                                      \
+                }                                                                              \
+            }                                                                                  \
+        }
+        if (narrow) HLOCKSTEP(sym8, uint8_t, HNARROW) else HLOCKSTEP(sym, uint16_t, 3)
+#undef HLOCKSTEP
+#undef HINIT
+#undef HREFILL
 #undef HSTEP
-            st[0].pos = p0; st[1].pos = p1; st[2].pos = p2; st[3].pos = p3;
-            o[0] = o0; o[1] = o1; o[2] = o2; o[3] = o3;
-        }
-        for (int k = 0; k < HSTREAMS; k++) {
-            while (o[k] < end[k]) {                   /* tail: one symbol per lookup */
-                uint32_t e = one[peek(&st[k]) & M];
-                sym[o[k]++] = (uint16_t)e;
-                st[k].pos += e >> 16;
-            }
-        }
         if (width == 2 && first && nraw == 1 && raw[0].bits == 8) {   /* bf16 fast: one pass, no copy */
             uint16_t tmp[HSTREAMS * HBLOCK + 8];
             const uint8_t *rb = raw[0].bytes + base;
             const uint32_t *p = raw[0].patt;
-            if (plain) {   /* exponent in bits 7-14, the raw byte's bit 7 the sign: shifts, vectorised */
+            if (plain && narrow) {   /* exponent in bits 7-14, the raw byte's bit 7 the sign: shifts, vectorised */
                 for (int64_t k = 0; k < total; k++)
-                    tmp[k] = (uint16_t)((sym[k] << 7) | (rb[k] & 0x7F) | ((rb[k] & 0x80) << 8));
+                    tmp[k] = (uint16_t)((sym8[k] << 7) | (rb[k] & 0x7F) | ((rb[k] & 0x80) << 8));
+            } else if (narrow) {
+                for (int64_t k = 0; k < total; k++) tmp[k] = (uint16_t)(smap[sym8[k]] | p[rb[k]]);
             } else {
                 for (int64_t k = 0; k < total; k++) tmp[k] = (uint16_t)(smap[sym[k]] | p[rb[k]]);
             }
             store_block((uint8_t *)out + base * 2, (const uint8_t *)tmp, total * 2);
             continue;
         }
-        for (int64_t k = 0; k < total; k++) idx[k] = sym[k];
+        if (narrow) for (int64_t k = 0; k < total; k++) idx[k] = sym8[k];
+        else for (int64_t k = 0; k < total; k++) idx[k] = sym[k];
 #ifndef LL_NOMERGE
         for (int64_t q = 0; q < total; q += BLOCK) {
             int64_t c = total - q < BLOCK ? total - q : BLOCK;
@@ -560,74 +714,87 @@ int ll_cpu_isa(void) {
     return ISA_SCALAR;
 }
 
-int ll_abi_version(void) { return 3; }
+int ll_abi_version(void) { return 4; }
 
-/* lut (2**15 u32) + smap (2**16 u32: also Huffman's symbol map) + idx (4 * HBLOCK + 64 u32) + Huffman lut */
-#define LL_SCRATCH_BYTES ((int64_t)((1 << 15) + (1 << 16) + HSTREAMS * HBLOCK + 64) * 4 + ((int64_t)8 << HBITS))
+/* lut (2**15 u32) + smap (2**16 u32: also Huffman's symbol map) + idx (4 * HBLOCK + 64 u32) + Huffman lut;
+ * a second lut for the partner chunk of a lock-step pair */
+#define LL_SCRATCH_ONE ((int64_t)((1 << 15) + (1 << 16) + HSTREAMS * HBLOCK + 64) * 4 + ((int64_t)8 << HBITS))
+#define LL_SCRATCH_BYTES (LL_SCRATCH_ONE + (int64_t)(1 << 15) * 4)
 int64_t ll_scratch_bytes(void) { return LL_SCRATCH_BYTES; }
 
-int64_t ll_decode_chunk(const uint32_t *words, int64_t nwords, const int64_t *rows, int nfields,
-                        const uint16_t *tables, int64_t ntables, const uint32_t *patt, int64_t pstride,
-                        const int32_t *bits, int pb, int64_t n, void *out, int width, int isa,
-                        void *scratch, int64_t scratch_bytes) {
-    int best = ll_cpu_isa();
-    if (isa == ISA_BEST) isa = best;
-    if (isa > best) return E_ISA;
-#if LL_X86
-    if (isa == ISA_AVX2) perm8_init();
-#endif
-    if (pb < 8 || pb > 15 || nfields < 1 || (width != 1 && width != 2 && width != 4)) return E_TABLE;
-    /* validate every row's word range */
-    for (int f = 0; f < nfields; f++) {
-        const int64_t *r = rows + 4 * f;
-        if (r[1] < 0 || r[2] < 0 || r[1] + r[2] > nwords) return (int64_t)f << 8 | E_RANGE;
-        if (bits[f] < 1 || bits[f] > 16 || pstride < (1 << bits[f])) return (int64_t)f << 8 | E_TABLE;
+/* One chunk of one tensor to decode (all fields 8 bytes; the Python side builds arrays of these). */
+typedef struct {
+    const uint32_t *words; int64_t nwords;
+    const int64_t *rows; int64_t nfields;       /* rows: nfields x (mode, word offset, word count, aux) */
+    const uint16_t *tables; int64_t ntables;
+    const uint32_t *patt; int64_t pstride;      /* per field: symbol -> bits in the value */
+    const int32_t *bits; int64_t pb;
+    int64_t n; void *out; int64_t width;        /* n values of `width` bytes at out */
+    int64_t status;                             /* set: 0, or field << 8 | error code */
+} ll_job;
+
+/* Validate a job; fill its raw fields when field 0 is coded and every other field raw 1/2/4/8 bits (they
+ * merge in the same pass). Returns 0 or field << 8 | error; *fused, *nraw describe the fused case. */
+static int64_t job_check(const ll_job *j, raw_field *raw, int *nraw, int *fused) {
+    if (j->pb < 8 || j->pb > 15 || j->nfields < 1 || (j->width != 1 && j->width != 2 && j->width != 4)) return E_TABLE;
+    for (int f = 0; f < j->nfields; f++) {
+        const int64_t *r = j->rows + 4 * f;
+        if (r[1] < 0 || r[2] < 0 || r[1] + r[2] > j->nwords) return (int64_t)f << 8 | E_RANGE;
+        if (j->bits[f] < 1 || j->bits[f] > 16 || j->pstride < (1 << j->bits[f])) return (int64_t)f << 8 | E_TABLE;
     }
-    /* fused path: field 0 coded, every other field raw with 1/2/4/8 bits (merged in the same pass) */
-    int fused = rows[0] == M_RANS32 || rows[0] == M_HUFF;
-    int nraw = 0;
+    *fused = j->rows[0] == M_RANS32 || j->rows[0] == M_HUFF;
+    *nraw = 0;
+    for (int f = 1; f < j->nfields && *fused; f++) {
+        const int64_t *r = j->rows + 4 * f;
+        int b = j->bits[f];
+        if (r[0] != M_RAW || *nraw == MAX_RAW || !(b == 1 || b == 2 || b == 4 || b == 8)) { *fused = 0; break; }
+        if (r[2] != (j->n * b + 31) / 32) return (int64_t)f << 8 | E_RAW;
+        raw[*nraw].bytes = (const uint8_t *)(j->words + r[1]);
+        raw[*nraw].bits = b;
+        raw[*nraw].patt = j->patt + f * j->pstride;
+        (*nraw)++;
+    }
+    if (!*fused) *nraw = 0;
+    return 0;
+}
+
+static int64_t decode_job(const ll_job *j, int isa, uint8_t *scratch) {
     raw_field raw[MAX_RAW];
-    for (int f = 1; f < nfields && fused; f++) {
-        const int64_t *r = rows + 4 * f;
-        int b = bits[f];
-        if (r[0] != M_RAW || nraw == MAX_RAW || !(b == 1 || b == 2 || b == 4 || b == 8)) { fused = 0; break; }
-        if (r[2] != (n * b + 31) / 32) return (int64_t)f << 8 | E_RAW;
-        raw[nraw].bytes = (const uint8_t *)(words + r[1]);
-        raw[nraw].bits = b;
-        raw[nraw].patt = patt + f * pstride;
-        nraw++;
-    }
-    if (!fused) nraw = 0;
-    /* scratch (caller's, reused across calls: no allocation here, so threads never meet in the allocator) */
-    if (!scratch || scratch_bytes < LL_SCRATCH_BYTES) return E_MEM;
+    int nraw, fused;
+    int64_t result = job_check(j, raw, &nraw, &fused);
+    if (result) return result;
     uint32_t *lut = (uint32_t *)scratch, *smap = lut + (1 << 15), *idx = smap + (1 << 16);
     uint64_t *hlut = (uint64_t *)(idx + HSTREAMS * HBLOCK + 64);
-    int64_t result = 0;
-    int last = fused ? 1 : nfields;
+    int64_t n = j->n;
+    int width = (int)j->width, pb = (int)j->pb;
+    int last = fused ? 1 : (int)j->nfields;
     for (int f = 0; f < last && !result; f++) {
-        const int64_t *r = rows + 4 * f;
-        const uint32_t *p = patt + f * pstride, *w = words + r[1];
-        int alphabet = 1 << bits[f], first = f == 0;
+        const int64_t *r = j->rows + 4 * f;
+        const uint32_t *p = j->patt + f * j->pstride, *w = j->words + r[1];
+        int alphabet = 1 << j->bits[f], first = f == 0;
         int err = 0;
         const raw_field *rf = f == 0 ? raw : NULL;
         int nr = f == 0 ? nraw : 0;
         switch (r[0]) {
         case M_CONST:
             if (r[2] != 0 || r[3] < 0 || r[3] >= alphabet) { err = E_RANGE; break; }
-            fill_const(out, width, first, n, p[r[3]]);
+            fill_const(j->out, width, first, n, p[r[3]]);
             break;
         case M_RAW:
-            err = unpack(w, r[2], bits[f], p, out, width, first, n);
+            err = unpack(w, r[2], j->bits[f], p, j->out, width, first, n);
             break;
-        case M_RANS32:
-            err = rans_tables(tables, ntables, r[3], p, alphabet, pb, lut, smap);
-            if (!err) err = decode_rans32(w, r[2], lut, smap, pb, n, out, width, first, rf, nr, isa, idx);
+        case M_RANS32: {
+            int fz = fused_case(isa, width, first, p, j->bits[f], rf, nr);
+            err = fz ? rans_table_fused(j->tables, j->ntables, r[3], alphabet, pb, lut) : -1;
+            if (err < 0) { fz = 0; err = rans_tables(j->tables, j->ntables, r[3], p, alphabet, pb, lut, smap); }
+            if (!err) err = decode_rans32(w, r[2], lut, smap, fz, pb, n, j->out, width, first, rf, nr, isa, idx);
             break;
+        }
         case M_HUFF:
-            err = huff_tables(tables, ntables, r[3], alphabet, hlut, lut);
+            err = huff_tables(j->tables, j->ntables, r[3], alphabet, hlut, lut, alphabet <= 256);
             if (!err) {
                 for (int a = 0; a < alphabet; a++) smap[a] = p[a];
-                err = decode_huff(w, r[2], hlut, lut, smap, n, out, width, first, rf, nr, idx);
+                err = decode_huff(w, r[2], hlut, lut, smap, alphabet, n, j->out, width, first, rf, nr, idx);
             }
             break;
         default:
@@ -636,4 +803,64 @@ int64_t ll_decode_chunk(const uint32_t *words, int64_t nwords, const int64_t *ro
         if (err) result = (int64_t)f << 8 | err;
     }
     return result;
+}
+
+/* A pair of fused bf16 rANS chunks (same pb) decoded in lock-step for their common whole rounds, each then
+ * finished on its own. Returns 0 when both were decoded (statuses set), 1 when the pair does not qualify. */
+static int decode_pair(ll_job *ja, ll_job *jb, int isa, uint8_t *scratch) {
+#if LL_X86
+    raw_field ra[MAX_RAW], rb[MAX_RAW];
+    int na, nb, fa, fb;
+    if (isa != ISA_AVX512 || ja->pb != jb->pb || ja->rows[0] != M_RANS32 || jb->rows[0] != M_RANS32) return 1;
+    if (job_check(ja, ra, &na, &fa) || job_check(jb, rb, &nb, &fb) || !fa || !fb) return 1;
+    if (!fused_case(isa, (int)ja->width, 1, ja->patt, ja->bits[0], ra, na) ||
+        !fused_case(isa, (int)jb->width, 1, jb->patt, jb->bits[0], rb, nb)) return 1;
+    int pb = (int)ja->pb;
+    uint32_t *luta = (uint32_t *)scratch, *lutb = (uint32_t *)(scratch + LL_SCRATCH_ONE);
+    if (rans_table_fused(ja->tables, ja->ntables, ja->rows[3], 1 << ja->bits[0], pb, luta) ||
+        rans_table_fused(jb->tables, jb->ntables, jb->rows[3], 1 << jb->bits[0], pb, lutb)) return 1;
+    rans_state sa, sb;
+    if (rans_open(ja->words + ja->rows[1], ja->rows[2], &sa) || rans_open(jb->words + jb->rows[1], jb->rows[2], &sb))
+        return 1;                     /* decode_job reports the error */
+    int64_t ra_ = ja->n / LANES, rb_ = jb->n / LANES;
+    int64_t done = rans_avx512_fused2(&sa, &sb, luta, lutb, (1u << pb) - 1, pb, ra[0].bytes, rb[0].bytes,
+                                      (uint16_t *)ja->out, (uint16_t *)jb->out, ra_ < rb_ ? ra_ : rb_);
+    rans_fused_rest(&sa, luta, pb, ra[0].bytes, (uint16_t *)ja->out, done * LANES, ja->n);
+    rans_fused_rest(&sb, lutb, pb, rb[0].bytes, (uint16_t *)jb->out, done * LANES, jb->n);
+    ja->status = rans_end(&sa);
+    jb->status = rans_end(&sb);
+    return 0;
+#else
+    (void)ja; (void)jb; (void)isa; (void)scratch;
+    return 1;
+#endif
+}
+
+static int resolve_isa(int isa) {
+    int best = ll_cpu_isa();
+    if (isa == ISA_BEST) isa = best;
+    if (isa > best) return -1;
+#if LL_X86
+    if (isa == ISA_AVX2) perm8_init();
+#endif
+    return isa;
+}
+
+/* Decode jobs[0..njobs) in order, neighbouring fused bf16 rANS chunks two at a time; every job's status is
+ * set. Returns the number of failed jobs (or -E_MEM / -E_ISA for the call as a whole). */
+int64_t ll_decode_jobs(ll_job *jobs, int64_t njobs, int isa, void *scratch, int64_t scratch_bytes) {
+    isa = resolve_isa(isa);
+    if (isa < 0) return -E_ISA;
+    if (!scratch || scratch_bytes < LL_SCRATCH_BYTES) return -E_MEM;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < njobs; i++) {
+        if (i + 1 < njobs && !decode_pair(jobs + i, jobs + i + 1, isa, scratch)) {
+            bad += (jobs[i].status != 0) + (jobs[i + 1].status != 0);
+            i++;
+            continue;
+        }
+        jobs[i].status = decode_job(jobs + i, isa, scratch);
+        bad += jobs[i].status != 0;
+    }
+    return bad;
 }

@@ -112,11 +112,11 @@ def load_model(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "c
     threads = threads or LosslessConfig().n_threads()
     state = {}
     for reader in _readers(path, manifest):
-        for name in reader.order:
-            meta = reader.tensors[name]
-            data = reader.decode(name, threads=threads)
-            data = data if data.flags.writeable else data.copy()
-            state[name] = torch.from_numpy(data).view(TORCH_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+        part = {name: torch.empty(reader.tensors[name]["shape"], dtype=TORCH_DTYPES[reader.tensors[name]["dtype"]])
+                for name in reader.order}
+        reader.decode_all({n: t.view(-1).view(torch.uint8).numpy() for n, t in part.items() if t.numel()},
+                          threads=threads, verify=True)
+        state.update(part)
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     # Cast buffers too (rotary inv_freq), exactly as leanlm.load does for a plain model directory, so the
     # decoded model computes the very same logits as the original loaded the usual way.

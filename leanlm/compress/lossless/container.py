@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from .layout import DTYPE_SIZES, INTEGERS, LAYOUTS, LAYOUTS_V2, PLAIN, Layout
 
 log = logging.getLogger(__name__)
 TABLE_ZSTD_LEVEL = 19
+
+
+PLANE_DTYPES = {np.dtype(np.uint8): "U8", np.dtype(np.uint16): "U16", np.dtype(np.uint32): "U32",
+                np.dtype(np.int64): "I64"}
 
 
 class ContainerError(fmt.FormatError):
@@ -96,9 +101,12 @@ def _coded(enc: Encoded, prefix: str, name: str) -> tuple[dict, dict[str, np.nda
     tables = np.frombuffer(zstandard.ZstdCompressor(level=TABLE_ZSTD_LEVEL).compress(enc.tables.tobytes()), np.uint8)
     meta = {"layout": enc.layout.to_json(), "chunk_values": cfg.chunk_values, "prob_bits": cfg.prob_bits,
             "table_words": int(enc.tables.size), "modes": enc.mode_counts()}
+    index = enc.index
     if cfg.coder != "rans64":
         meta["coder"] = cfg.coder
-    planes = {fmt.plane_key(name, prefix + "words"): enc.words, fmt.plane_key(name, prefix + "index"): enc.index,
+        index = np.frombuffer(zstandard.ZstdCompressor(level=TABLE_ZSTD_LEVEL).compress(enc.index.tobytes()), np.uint8)
+        meta["index_zstd"] = True   # 32 bytes a field and chunk are most of a small tensor's overhead
+    planes = {fmt.plane_key(name, prefix + "words"): enc.words, fmt.plane_key(name, prefix + "index"): index,
               fmt.plane_key(name, prefix + "tables"): tables}
     return meta, planes
 
@@ -211,15 +219,38 @@ class ContainerReader:
             at = e
         self.data_bytes = at
         self._available = psutil.virtual_memory().available
+        self._spans = self._plane_spans()
+        self._mm = None
+        if self._spans:   # a plain ndarray over the map (np.memmap slices cost a subclass each)
+            with open(self.path, "rb") as f:
+                self._mm = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+
+    def _plane_spans(self) -> dict[str, tuple[str, tuple, int, int]]:
+        """Each plane's dtype, shape and absolute byte range, from the header safe_open has just validated,
+        so planes are read as views of one read-only map (no copy); {} where the header is not as expected
+        (then planes are read through safe_open)."""
+        try:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            return {k: (v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+                    for k, v in header.items() if k != "__metadata__"}
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            return {}
 
     def _plane(self, name: str, plane: str, dtype) -> np.ndarray:
         key = fmt.plane_key(name, plane)
         if key not in self._keys:
             raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' is missing")
-        try:
-            arr = self._f.get_tensor(key)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' unreadable ({e})") from e
+        span = self._spans.get(key)
+        if span is not None and span[0] == PLANE_DTYPES.get(np.dtype(dtype)):
+            shape, b, e = span[1], span[2], span[3]
+            arr = self._mm[b:e].view(dtype).reshape(shape)
+        else:
+            try:
+                arr = self._f.get_tensor(key)
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' unreadable ({e})") from e
         if arr.dtype != dtype:
             raise ContainerError(f"{self.path}: tensor '{name}': plane '{plane}' has dtype {arr.dtype}, not {np.dtype(dtype)}")
         return arr if plane.rsplit(".", 1)[-1] == "index" else arr.ravel()
@@ -229,8 +260,20 @@ class ContainerReader:
         need = count * layout.width // 8
         if need > self._available:
             raise ContainerError(f"{self.path}: tensor '{name}' claims {need} bytes, more than the memory available")
-        words, index = self._plane(name, part + "words", np.uint32), self._plane(name, part + "index", np.int64)
+        words = self._plane(name, part + "words", np.uint32)
         nchunks = -(-count // cfg.chunk_values)
+        if meta.get("index_zstd") is True:
+            want = nchunks * len(layout.fields) * 32
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(self._plane(name, part + "index", np.uint8).tobytes(),
+                                                              max_output_size=want)
+            except zstandard.ZstdError as e:
+                raise ContainerError(f"{self.path}: tensor '{name}': chunk index corrupt ({e})") from e
+            if len(raw) != want:
+                raise ContainerError(f"{self.path}: tensor '{name}': chunk index has the wrong size")
+            index = np.frombuffer(raw, np.int64).reshape(nchunks, len(layout.fields), 4)
+        else:
+            index = self._plane(name, part + "index", np.int64)
         if index.shape != (nchunks, len(layout.fields), 4):
             raise ContainerError(f"{self.path}: tensor '{name}': index shape {index.shape} does not fit its size")
         tw = meta.get("table_words")
@@ -310,16 +353,51 @@ class ContainerReader:
                 res = values.view(np.uint8)
         except CodecError as e:
             raise ContainerError(f"{self.path}: tensor '{name}': {e}") from e
+        self._check(name, res, verify)
+        if out is not None and res.ctypes.data != out.ctypes.data:
+            out[:] = res
+            return out
+        return res
+
+    def decode_all(self, outs: dict[str, np.ndarray], threads: int = 1, verify: bool | str = "crc32") -> None:
+        """Decode every tensor named in ``outs`` into its buffer (uint8, the tensor's size) and check it, as
+        ``decode`` does, but the float-coded ones all at once (``codec.decode_many``: one call per thread
+        for the whole file) and the checksums on ``threads`` threads."""
+        coded, rest = [], []
+        for name, buf in outs.items():
+            meta = self.tensors[name]
+            nbytes = meta["offsets"][1] - meta["offsets"][0]
+            if buf.dtype != np.uint8 or buf.size != nbytes:
+                raise ValueError(f"tensor '{name}': decode target must be {nbytes} uint8")
+            (coded if meta["codec"] == fmt.RANS and nbytes else rest).append(name)
+        items = []
+        for name in coded:
+            meta = self.tensors[name]
+            layout = meta["_layout"]
+            items.append((self._encoded(name, meta, outs[name].size // (layout.width // 8)), outs[name].view(layout.uint)))
+        try:
+            codec.decode_many(items, threads=threads)
+        except codec.ItemError as e:
+            raise ContainerError(f"{self.path}: tensor '{coded[e.item]}': {e}") from e
+        for name in rest:
+            self.decode(name, threads=threads, out=outs[name], verify=verify)
+        if verify and coded:
+            def check(name: str) -> None:
+                self._check(name, outs[name], verify)
+            if threads > 1 and len(coded) > 1:
+                list(codec.pool(threads).map(check, coded))
+            else:
+                for name in coded:
+                    check(name)
+
+    def _check(self, name: str, res: np.ndarray, verify: bool | str) -> None:
+        meta = self.tensors[name]
         crc = meta.get("crc32")
         if verify == "crc32" and isinstance(crc, int):
             if zlib.crc32(res) != crc:
                 raise ContainerError(f"{self.path}: tensor '{name}': CRC-32 mismatch after decoding (corrupt data)")
         elif verify and _sha(res) != meta["sha256"]:
             raise ContainerError(f"{self.path}: tensor '{name}': checksum mismatch after decoding (corrupt data)")
-        if out is not None and res.ctypes.data != out.ctypes.data:
-            out[:] = res
-            return out
-        return res
 
     def rebuild(self, sink: BinaryIO, parent_of: Callable[[str], np.ndarray | None] | None = None,
                 threads: int = 1) -> None:

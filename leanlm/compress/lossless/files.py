@@ -5,13 +5,12 @@ planes, see ``format``); ``load_file(path)`` decodes every tensor straight into 
 memory, checks every sha256 and returns the dict, so ``from leanlm.lossless import load_file`` replaces
 ``from safetensors.torch import load_file``. Every tensor is checked (CRC-32 by default, sha256 on request).
 Tensors decode on ``threads`` threads (the compiled decoder
-releases the GIL): large tensors chunk-parallel one after another, then the small ones spread over the pool.
+releases the GIL): every chunk of every float-coded tensor in one job table, cut into shares of equal size.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -20,9 +19,6 @@ from safetensors.torch import save as st_save
 from .container import ContainerError, ContainerReader, write_container
 from .hooks import TORCH_DTYPES
 from .store import LosslessConfig
-
-BIG_CHUNKS = 8   # tensors of at least this many chunks decode chunk-parallel on their own
-
 
 def save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
               mode: str = "max", threads: int | None = None) -> dict:
@@ -57,27 +53,8 @@ def load_file(path: str | os.PathLike, device: str = "cpu", threads: int | None 
     reader = ContainerReader(path)
     threads = threads or LosslessConfig().n_threads()
     out = {name: _empty(reader.tensors[name]) for name in reader.order}
-
-    def chunks(name: str) -> int:
-        meta = reader.tensors[name]
-        cv = meta.get("chunk_values") or 1 << 62
-        return (meta["offsets"][1] - meta["offsets"][0]) // max(1, out[name].element_size()) // cv
-
-    def one(name: str, n_threads: int) -> None:
-        t = out[name]
-        if t.numel():
-            reader.decode(name, threads=n_threads, out=t.view(-1).view(torch.uint8).numpy(), verify=verify)
-
-    big = [n for n in reader.order if chunks(n) >= BIG_CHUNKS]
-    small = [n for n in reader.order if chunks(n) < BIG_CHUNKS]
-    for name in big:
-        one(name, threads)
-    if threads > 1 and len(small) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda n: one(n, 1), small))
-    else:
-        for name in small:
-            one(name, 1)
+    reader.decode_all({n: t.view(-1).view(torch.uint8).numpy() for n, t in out.items() if t.numel()},
+                      threads=threads, verify=verify)
     if device != "cpu":
         out = {k: v.to(device) for k, v in out.items()}
     return out

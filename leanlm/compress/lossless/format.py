@@ -22,6 +22,9 @@ per-block affine grids, see ``grid``): parts ``codes``, ``d`` and ``m`` each cod
 planes ``<tensor>:<part>.words`` / ``.index`` / ``.tables`` and their own entry under ``parts``, plus
 ``<tensor>:exc_blocks`` (int64) and ``<tensor>:exc_values`` (uint16, 32 per block) for blocks that fit no
 grid. The container document is stored zstd-compressed: ``{"magic", "format_version", "zdoc": base64}``.
+Entries (or grid parts) with ``"index_zstd": true`` store their chunk index zstd-compressed (uint8 plane;
+written for every version-2 coder since the second codec release: the index is most of a small tensor's
+overhead); without the key it is the raw int64 plane, as before.
 """
 from __future__ import annotations
 

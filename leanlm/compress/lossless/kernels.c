@@ -676,9 +676,12 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
             uint16_t tmp[HSTREAMS * HBLOCK + 8];
             const uint8_t *rb = raw[0].bytes + base;
             const uint32_t *p = raw[0].patt;
-            if (plain && narrow) {   /* exponent in bits 7-14, the raw byte's bit 7 the sign: shifts, vectorised */
+            if (plain && narrow) {   /* exponent in bits 7-14, the raw byte's bit 7 the sign: shifts, vectorised,
+                                      * straight into the destination */
+                uint16_t *o = (uint16_t *)out + base;
                 for (int64_t k = 0; k < total; k++)
-                    tmp[k] = (uint16_t)((sym8[k] << 7) | (rb[k] & 0x7F) | ((rb[k] & 0x80) << 8));
+                    o[k] = (uint16_t)((sym8[k] << 7) | (rb[k] & 0x7F) | ((rb[k] & 0x80) << 8));
+                continue;
             } else if (narrow) {
                 for (int64_t k = 0; k < total; k++) tmp[k] = (uint16_t)(smap[sym8[k]] | p[rb[k]]);
             } else {

@@ -155,13 +155,30 @@ def test_tampered_metadata_is_refused(tmp_path, container, edit, match):
 
 
 def test_lying_index_is_refused(tmp_path, container):
-    """Offsets in the (binary) chunk index that point outside the words are caught before decoding."""
+    """Offsets in the (binary, zstd-compressed) chunk index that point outside the words are caught before
+    decoding: the container is rewritten with a well-formed index whose word count is a lie."""
+    import zstandard
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(container), framework="np") as f:
+        planes, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    raw = np.frombuffer(zstandard.decompress(planes["b.weight:index"].tobytes()), np.int64).copy()
+    raw[2] = 1 << 40                       # chunk 0, field 0, word count
+    planes["b.weight:index"] = np.frombuffer(zstandard.ZstdCompressor().compress(raw.tobytes()), np.uint8)
+    p = tmp_path / "index.safetensors"
+    save_file(planes, str(p), metadata=metadata)
+    with pytest.raises(fmt.FormatError, match="b.weight"):
+        rebuild(p)
+
+
+def test_corrupt_zipped_index_is_refused(tmp_path, container):
     blob = bytearray(container.read_bytes())
     (hlen,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8:8 + hlen])
-    begin, _ = header["b.weight:index"]["data_offsets"]
-    at = 8 + hlen + begin + 8 * 2          # chunk 0, field 0, word count
-    blob[at:at + 8] = struct.pack("<q", 1 << 40)
+    begin, end = header["b.weight:index"]["data_offsets"]
+    at = 8 + hlen + (begin + end) // 2
+    blob[at] ^= 0xFF
     p = tmp_path / "index.safetensors"
     p.write_bytes(bytes(blob))
     with pytest.raises(fmt.FormatError, match="b.weight"):

@@ -95,6 +95,18 @@ def _delta_layout(dtype: str, nbytes: int, coder: str) -> Layout:
     return PLAIN[32] if nbytes % 4 == 0 else PLAIN[16] if nbytes % 2 == 0 else PLAIN[8]
 
 
+def unzip_index(plane: np.ndarray, nchunks: int, nfields: int) -> np.ndarray:
+    """The int64 chunk index (chunks, fields, 4) from its zstd-compressed plane; ValueError if corrupt."""
+    want = nchunks * nfields * 32
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(plane.tobytes(), max_output_size=want)
+    except zstandard.ZstdError as e:
+        raise ValueError(f"chunk index corrupt ({e})") from e
+    if len(raw) != want:
+        raise ValueError("chunk index has the wrong size")
+    return np.frombuffer(raw, np.int64).reshape(nchunks, nfields, 4)
+
+
 def _coded(enc: Encoded, prefix: str, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """Metadata fields and planes of one coded array (``prefix`` '' or 'part.')."""
     cfg = enc.config
@@ -262,18 +274,13 @@ class ContainerReader:
             raise ContainerError(f"{self.path}: tensor '{name}' claims {need} bytes, more than the memory available")
         words = self._plane(name, part + "words", np.uint32)
         nchunks = -(-count // cfg.chunk_values)
-        if meta.get("index_zstd") is True:
-            want = nchunks * len(layout.fields) * 32
+        zipped = meta.get("index_zstd") is True
+        index = self._plane(name, part + "index", np.uint8 if zipped else np.int64)
+        if zipped:
             try:
-                raw = zstandard.ZstdDecompressor().decompress(self._plane(name, part + "index", np.uint8).tobytes(),
-                                                              max_output_size=want)
-            except zstandard.ZstdError as e:
-                raise ContainerError(f"{self.path}: tensor '{name}': chunk index corrupt ({e})") from e
-            if len(raw) != want:
-                raise ContainerError(f"{self.path}: tensor '{name}': chunk index has the wrong size")
-            index = np.frombuffer(raw, np.int64).reshape(nchunks, len(layout.fields), 4)
-        else:
-            index = self._plane(name, part + "index", np.int64)
+                index = unzip_index(index, nchunks, len(layout.fields))
+            except ValueError as e:
+                raise ContainerError(f"{self.path}: tensor '{name}': {e}") from e
         if index.shape != (nchunks, len(layout.fields), 4):
             raise ContainerError(f"{self.path}: tensor '{name}': index shape {index.shape} does not fit its size")
         tw = meta.get("table_words")

@@ -263,3 +263,83 @@ def test_integer_codes_use_the_compiled_path():
     v = (np.random.default_rng(9).normal(0, 3, 50000).round().clip(-127, 127)).astype(np.int8).view(np.uint8)
     enc = codec.encode(v, INTEGERS["U8"], CodecConfig(chunk_values=1 << 14))
     assert np.array_equal(codec.decode(enc), v) and enc.nbytes < 0.55 * v.nbytes   # entropy ~4.1 bits
+
+
+def _avx512_or_skip():
+    if cext.library() is None or not cext.supports("avx512"):
+        pytest.skip("the fused bf16 decoder needs the compiled decoder and AVX-512")
+
+
+C = 1 << 16   # chunks large enough for max mode to code its 12-bit symbols
+
+
+@pytest.mark.parametrize("n", [4 * C, 5 * C + 77, 3 * C + 31])
+def test_bf16_lock_step_pairs_match_the_scalar_decoder(n):
+    """Neighbouring max-mode chunks decode two at a time (and a last odd or partial chunk alone): the same
+    values as the scalar decoder, one thread or two."""
+    _avx512_or_skip()
+    v = sample("BF16", n, n)
+    enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
+    assert (enc.index[:-1, 0, 0] == codec.RANS32).all()
+    assert np.array_equal(codec.decode(enc, isa="scalar"), v)
+    assert np.array_equal(codec.decode(enc, isa="avx512"), v)
+    assert np.array_equal(codec.decode(enc, isa="avx512", threads=2), v)
+
+
+def test_bf16_chunk_with_a_dominant_symbol_takes_the_general_path():
+    """A symbol of more than 1/16 of a chunk (here a third of the values are zero) does not fit the one-lookup
+    table; that chunk decodes on the general path, its neighbours on the fused one, all bit-exact."""
+    _avx512_or_skip()
+    v = sample("BF16", 3 * C, 9)
+    v[C:C + C // 3] = 0
+    enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
+    aux = enc.index[1, 0, 3]
+    freq = enc.tables[aux + 2:aux + 2 + enc.tables[aux + 1]]
+    assert freq.max() >= 1024 and (enc.index[:, 0, 0] == codec.RANS32).all()
+    assert np.array_equal(codec.decode(enc, isa="avx512"), v)
+
+
+def test_corrupt_second_chunk_of_a_pair_is_named():
+    _avx512_or_skip()
+    v = sample("BF16", 4 * C, 11)
+    enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
+    words = enc.words.copy()
+    off, cnt = enc.index[1, 0, 1], enc.index[1, 0, 2]
+    words[off + cnt // 2] ^= 0x5A5A5A5A
+    bad = codec.Encoded(words, enc.index, enc.tables, enc.layout, enc.count, enc.config)
+    with pytest.raises(codec.CodecError, match="chunk 1 field 0"):
+        codec.decode(bad)
+
+
+def test_decode_many_equals_decode_and_names_the_bad_item():
+    """One job table over several arrays of different sizes, layouts and coders, 1 or 2 threads."""
+    arrays = [sample("BF16", 3 * C + 5, 1), sample("F32", 5000, 2), sample("BF16", 300, 3), sample("F16", 7000, 4),
+              sample("BF16", C, 5)]
+    encs = [codec.encode(v, LAYOUTS_V2[mode][dt], CodecConfig(chunk_values=C if dt == "BF16" else 2048, coder=coder))
+            for v, dt, mode, coder in zip(arrays, ["BF16", "F32", "BF16", "F16", "BF16"],
+                                          ["max", "fast", "fast", "max", "max"],
+                                          ["rans32", "huff", "huff", "rans32", "rans32"])]
+    for threads in (1, 2):
+        outs = [np.empty_like(v) for v in arrays]
+        codec.decode_many(list(zip(encs, outs)), threads=threads)
+        assert all(np.array_equal(o, v) for o, v in zip(outs, arrays))
+    last = encs[4]
+    assert last.index[0, 0, 0] == codec.RANS32
+    words = last.words.copy()
+    words[last.index[0, 0, 1] + last.index[0, 0, 2] // 2] ^= 0x5A5A5A5A
+    encs[4] = codec.Encoded(words, last.index, last.tables, last.layout, last.count, last.config)
+    with pytest.raises(codec.ItemError, match="chunk 0 field 0") as e:
+        codec.decode_many([(enc, np.empty_like(v)) for enc, v in zip(encs, arrays)])
+    assert e.value.item == 4
+
+
+def test_wide_huffman_alphabet_is_bit_exact():
+    """Huffman symbols wider than 8 bits take the 16-bit lookup entries (no built-in layout makes them)."""
+    from leanlm.compress.lossless.layout import Layout
+
+    v = sample("BF16", 20000, 6)
+    wide = Layout("BF16", 16, (((6, 10),), ((0, 6),)))
+    enc = codec.encode(v, wide, CodecConfig(chunk_values=8192, coder="huff"))
+    assert enc.index[0, 0, 0] == codec.HUFF
+    assert np.array_equal(codec.decode(enc), v)
+    assert np.array_equal(codec.decode(enc, isa="scalar"), v)

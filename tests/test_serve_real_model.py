@@ -25,6 +25,7 @@ def test_chat_uses_the_models_template_and_matches_leanlm_generate():
                                           max_tokens=12, temperature=0)
             assert r.model == "smollm2-135m@base"
             assert r.choices[0].message.content == want      # same template, same greedy tokens
+        assert backend.prefix_hits >= 1                      # the third question reused the system preamble
         prompt_ids = backend.text.chat([{"role": "user", "content": QUESTIONS[0]}])
         assert "<|im_start|>" in backend.text.tok.decode(prompt_ids)   # SmolLM2's ChatML template
 

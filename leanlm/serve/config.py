@@ -23,6 +23,8 @@ class ServeConfig:
     poll_s: float = _f(2.0, "seconds between looks at the run directory (--follow)")
     canary: float = _f(0.0, "share of traffic (sticky per `user`) sent to a new generation before promotion")
     max_batch: int = _f(16, "sequences decoded together in one step")
+    prefix_cache: int = _f(4, "prompt prefixes (shared with the previous prompt, >= 16 tokens: a chat template's "
+                              "system preamble) whose keys and values the torch backend keeps; 0 = off")
     max_prefill_tokens: int = _f(256, "prompt tokens prefilled per step at most (bounds the pause a burst of "
                                       "arrivals puts on running requests; one request always fits)")
     max_queue: int = _f(64, "requests waiting for a slot; more get HTTP 429")
@@ -45,6 +47,7 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_prefill_tokens", "max_prompt_tokens", "max_tokens_limit", "max_n",
                      "max_body_bytes", "max_loaded", "default_max_tokens"):
             require(getattr(self, name) > 0, f"{name} must be positive")
+        require(self.prefix_cache >= 0, "prefix_cache must be >= 0")
         require(0 <= self.load_nice <= 19, f"load_nice {self.load_nice} must be in [0, 19]")
         require(self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens exceeds max_tokens_limit")
         require(self.backend in ("torch", "llama_cpp"), f"unknown backend '{self.backend}'; choose torch or llama_cpp")

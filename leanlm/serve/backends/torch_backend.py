@@ -1,7 +1,17 @@
 """The torch backend: any model ``leanlm.load`` loads (spec, compressed artifact, generation directory),
-decoded in batches through one left-padded ``DynamicCache``."""
+decoded in batches through one left-padded ``DynamicCache``.
+
+Prefix caching (as vLLM's automatic prefix caching and llama.cpp's ``cache_prompt`` do): when a prompt
+shares at least ``PREFIX_MIN`` leading tokens with the previous prompt (a chat template's system preamble,
+a few-shot header), the keys and values of that shared prefix are kept (``prefix_cache`` entries, least
+recently used dropped); a later batch whose prompts all start with a kept prefix prefills only the rest.
+Rows then read ``[prefix][padding][suffix]``: the padding sits between prefix and suffix, masked, and the
+positions count real tokens, so the model sees what it would see without the cache (up to float rounding
+of differently shaped matrix products).
+"""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -17,19 +27,86 @@ class TorchState:
     lengths: torch.Tensor         # (B,) real tokens per row = position of the next token
 
 
+PREFIX_MIN = 16   # shortest shared prefix worth keeping, in tokens
+
+
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, tok, max_batch: int = 16):
+    def __init__(self, model, tok, max_batch: int = 16, prefix_cache: int = 4):
         self.model = model
+        self.prefix_cache = prefix_cache
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._last: list[int] | None = None
+        self.prefix_hits = 0          # prompts prefilled from a kept prefix (for /metrics and tests)
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
         self.context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.text = TextCodec.of(tok, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
+    def _kept_prefix(self, prompts: list[list[int]]) -> tuple[int, ...] | None:
+        """The longest kept prefix every prompt starts with and extends."""
+        best = None
+        for key in self._prefixes:
+            n = len(key)
+            if (best is None or n > len(best)) and all(len(p) > n and tuple(p[:n]) == key for p in prompts):
+                best = key
+        return best
+
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]]) -> tuple[TorchState, torch.Tensor]:
+        key = self._kept_prefix(prompts) if self.prefix_cache else None
+        state, logits = self._prefill_after(prompts, key) if key else self._prefill_plain(prompts)
+        if self.prefix_cache and key is None:
+            self._learn(prompts, state)
+        return state, logits
+
+    def _learn(self, prompts: list[list[int]], state: TorchState) -> None:
+        """Keep the prefix a prompt shares with the one before it (sliced from this plain prefill's cache)."""
+        width = state.mask.shape[1]
+        for i, p in enumerate(prompts):
+            last, self._last = self._last, p
+            if last is None:
+                continue
+            n = 0
+            for a, b in zip(p, last):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(p) - 1)
+            if n < PREFIX_MIN or tuple(p[:n]) in self._prefixes:
+                continue
+            start = width - len(p)                       # left padding of row i
+            self._prefixes[tuple(p[:n])] = [(layer.keys[i:i + 1, :, start:start + n].clone(),
+                                             layer.values[i:i + 1, :, start:start + n].clone())
+                                            for layer in kvcache.layers_of(state.cache)]
+            while len(self._prefixes) > self.prefix_cache:
+                self._prefixes.popitem(last=False)
+
+    def _prefill_after(self, prompts: list[list[int]], key: tuple[int, ...]) -> tuple[TorchState, torch.Tensor]:
+        from transformers import DynamicCache
+
+        self._prefixes.move_to_end(key)
+        n, b = len(key), len(prompts)
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(self._prefixes[key]):
+            cache.update(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous(), i)
+        rest = [p[n:] for p in prompts]
+        width = max(len(r) for r in rest)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        smask = torch.zeros((b, width), dtype=torch.long)
+        for i, r in enumerate(rest):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            smask[i, width - len(r):] = 1
+        mask = torch.cat([torch.ones((b, n), dtype=torch.long), smask], dim=1)
+        pos = n + (smask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=pos.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        self.prefix_hits += b
+        return TorchState(cache, mask, mask.sum(1)), out.logits[:, -1, :].float().cpu()
+
+    def _prefill_plain(self, prompts: list[list[int]]) -> tuple[TorchState, torch.Tensor]:
         from transformers import DynamicCache
 
         width = max(len(p) for p in prompts)
@@ -65,8 +142,8 @@ class TorchBackend:
         self.model = None
 
 
-def load_torch(source: str, dtype: str = "bf16", max_batch: int = 16, **_) -> TorchBackend:
+def load_torch(source: str, dtype: str = "bf16", max_batch: int = 16, prefix_cache: int = 4, **_) -> TorchBackend:
     from ...models.load import load
 
     model, tok = load(source, dtype=dtype, device="cpu")
-    return TorchBackend(model, tok, max_batch=max_batch)
+    return TorchBackend(model, tok, max_batch=max_batch, prefix_cache=prefix_cache)

@@ -79,7 +79,7 @@ class Server:
 def leanlm_server(spec: str, args, work: Path, tag: str, extra: list[str] = ()) -> Server:
     port = free_port()
     argv = [PY, "-m", "leanlm.cli", "serve", spec, "--port", str(port), "--threads", str(args.threads),
-            "--max-batch", "16", "--max-queue", "256", *extra]
+            "--max-batch", "16", "--max-queue", "256", "--prefix-cache", str(args.prefix_cache), *extra]
     argv += ["--dtype", args.dtype]
     return Server(argv, f"http://127.0.0.1:{port}", work / f"server-{tag}.log")
 
@@ -308,6 +308,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer requests (a smoke run, not the measurement)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--dtype", default="fp32", help="torch backend dtype")
+    p.add_argument("--prefix-cache", type=int, default=4, help="the server's --prefix-cache (0 = off)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--requests-per-client", type=int, default=4)

@@ -262,10 +262,15 @@ def scratch_buffer(lib) -> np.ndarray:
     return buf
 
 
+BLOCK_VALUES = 1 << 20   # values per block of jobs a decode thread takes at a time
+
+
 def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1) -> None:
-    """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads, each
-    taking a contiguous share of about the same number of values (neighbouring chunks pair up in the
-    decoder). The compiled decoder releases the GIL."""
+    """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads. The table
+    is cut into blocks of whole neighbouring jobs of about ``BLOCK_VALUES`` values (so chunk pairs stay
+    together) that the threads take in turn as they finish: a thread that drew cheap chunks (a large
+    tensor's) takes more blocks than one that drew many small tensors, so neither waits for the other. The
+    compiled decoder releases the GIL."""
     lib = cext.library()
 
     def run(part: np.ndarray) -> None:
@@ -280,10 +285,20 @@ def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1) -> None:
         run(jobs)
         return
     cum = np.cumsum(jobs[:, N])
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, threads) / threads)
-    parts = np.split(jobs, cuts)
-    futures = [pool(threads - 1).submit(run, p) for p in parts[1:]]
-    run(parts[0])   # the caller's thread takes one share; a kept pool the others
+    cuts = np.unique(np.searchsorted(cum, np.arange(BLOCK_VALUES, cum[-1], BLOCK_VALUES), side="right"))
+    blocks = iter(np.split(jobs, cuts))      # row blocks of a C-contiguous table: contiguous views
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                part = next(blocks, None)
+            if part is None:
+                return
+            run(part)
+
+    futures = [pool(threads - 1).submit(worker) for _ in range(threads - 1)]
+    worker()   # the caller's thread works too
     for f in futures:
         f.result()
 

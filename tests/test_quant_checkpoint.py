@@ -17,7 +17,7 @@ from leanlm.eval.memory import memory_bytes
 SMALL = dict(calib_n=6, calib_seq_len=48, calib_batch=3, alpha_grid=(0.4, 0.6), alpha_eval_n=2, awq_grid=4,
              clip_grid=4, awq_tokens=128, clip_tokens=64, group_size=32)
 IDS = torch.randint(3, 90, (2, 40), generator=torch.Generator().manual_seed(0))
-KIND = {"int8": Int8Linear, "gptq-int8": Int8Linear, "w8a8": W8A8Linear, "smoothquant": W8A8Linear, "rtn-w4": Int4Linear,
+KIND = {"int8": Int8Linear, "gptq-int8": Int8Linear, "awq-int8": Int8Linear, "w8a8": W8A8Linear, "smoothquant": W8A8Linear, "rtn-w4": Int4Linear,
         "awq-w4": Int4Linear}
 
 

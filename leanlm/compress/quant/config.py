@@ -14,11 +14,13 @@ class Method(str, enum.Enum):
     SMOOTHQUANT = "smoothquant"  # SmoothQuant smoothing (alpha searched) then W8A8
     RTN_W4 = "rtn-w4"            # weight-only int4 group-wise asymmetric, round to nearest
     AWQ_W4 = "awq-w4"            # AWQ scale + clip search, then int4 as RTN_W4
+    AWQ_INT8 = "awq-int8"        # AWQ's activation-aware scales (folded into the norms), then int8 as INT8
 
 
-WEIGHT_BITS = {Method.INT8: 8, Method.GPTQ_INT8: 8, Method.W8A8: 8, Method.SMOOTHQUANT: 8, Method.RTN_W4: 4, Method.AWQ_W4: 4}
-CALIBRATED = (Method.SMOOTHQUANT, Method.AWQ_W4, Method.GPTQ_INT8)
-MODULE_KIND = {Method.INT8: "int8", Method.GPTQ_INT8: "int8", Method.W8A8: "w8a8", Method.SMOOTHQUANT: "w8a8", Method.RTN_W4: "int4",
+WEIGHT_BITS = {Method.INT8: 8, Method.GPTQ_INT8: 8, Method.AWQ_INT8: 8, Method.W8A8: 8, Method.SMOOTHQUANT: 8,
+               Method.RTN_W4: 4, Method.AWQ_W4: 4}
+CALIBRATED = (Method.SMOOTHQUANT, Method.AWQ_W4, Method.GPTQ_INT8, Method.AWQ_INT8)
+MODULE_KIND = {Method.INT8: "int8", Method.GPTQ_INT8: "int8", Method.AWQ_INT8: "int8", Method.W8A8: "w8a8", Method.SMOOTHQUANT: "w8a8", Method.RTN_W4: "int4",
                Method.AWQ_W4: "int4"}
 
 

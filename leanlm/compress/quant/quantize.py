@@ -17,7 +17,7 @@ from . import awq, smoothquant
 from .calibrate import for_each_block, record_linear_inputs
 from .config import Method, QuantConfig
 from .modules import QUANT_MODULES, Int4Linear
-from .primitives import fake_quantize_int4
+from .primitives import fake_quantize_int4, fake_quantize_int8
 from .scaling import fold_into_norm, fold_into_producer_rows, scale_input_columns
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,11 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
     clips: dict[str, torch.Tensor] = {}
     alphas: dict[str, float] = {}
 
+    int8 = cfg.method is Method.AWQ_INT8   # per-channel int8: the scale search only (no int4 clipping)
+
     def quant(w: torch.Tensor) -> torch.Tensor:
+        if int8:
+            return fake_quantize_int8(w, scale_dtype=dtype)
         return fake_quantize_int4(w, cfg.group_size, scale_dtype=dtype)
 
     def sample(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -146,12 +150,13 @@ def awq_pass(model: nn.Module, arch: ArchSpec, cfg: QuantConfig, ids: torch.Tens
         for g in groups:
             x = sample(xs[g.linears[0]], cfg.awq_tokens)
             weights = [block.get_submodule(n).weight for n in g.linears]
-            w_mean = awq.weight_channel_mean(weights, cfg.group_size) if cfg.awq_duo_scaling else None
+            group = weights[0].shape[1] if int8 else cfg.group_size   # int8 scales are per whole row
+            w_mean = awq.weight_channel_mean(weights, group) if cfg.awq_duo_scaling else None
             forward = inspect_forward(block, g, x) if g.inspect and cfg.awq_inspect else None
             s, alpha, _ = awq.search_scale(x, weights, quant, cfg.awq_grid, w_mean, forward)
             apply_scale(block, g, s, arch)
             alphas[prefix + g.prev] = alpha
-            if not cfg.awq_clip:
+            if int8 or not cfg.awq_clip:
                 continue
             xc = sample(xs[g.linears[0]], cfg.clip_tokens) / s[None, :]
             for name in g.linears:
@@ -209,9 +214,9 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, calib_ids: torch.Tensor |
         codes = gptq_pass(model, arch, calib_ids, cfg.calib_batch, dtype=model_dtype(model), damp=cfg.gptq_damp)
     elif cfg.method is Method.SMOOTHQUANT:
         info.update(smoothquant_pass(model, arch, cfg, calib_ids))
-    elif cfg.method is Method.AWQ_W4:
+    elif cfg.method in (Method.AWQ_W4, Method.AWQ_INT8):
         found = awq_pass(model, arch, cfg, calib_ids)
-        clips = found["clips"]
+        clips = found["clips"] or None
         info["awq_alpha_mean"] = sum(found["alphas"].values()) / max(1, len(found["alphas"]))
     info["calibration_seconds"] = round(time.perf_counter() - t0, 2)
     names = replace_linears(model, arch, cfg.module_kind, cfg.group_size, clips, codes)

@@ -238,9 +238,9 @@ def _job_template(enc: Encoded) -> np.ndarray:
     return enc._jobs[0]
 
 
-def compiled(enc: Encoded) -> bool:
-    """Does the compiled decoder decode ``enc`` here?"""
-    return enc.config.coder != "rans64" and cext.library() is not None
+def compiled(enc: Encoded, lib=None) -> bool:
+    """Does the compiled decoder decode ``enc`` here? (``lib``: ``cext.library()`` when already looked up)"""
+    return enc.config.coder != "rans64" and (lib or cext.library()) is not None
 
 
 def c_jobs(enc: Encoded, out: np.ndarray) -> np.ndarray:
@@ -265,13 +265,13 @@ def scratch_buffer(lib) -> np.ndarray:
 BLOCK_VALUES = 1 << 20   # values per block of jobs a decode thread takes at a time
 
 
-def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1) -> None:
+def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1, lib=None) -> None:
     """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads. The table
     is cut into blocks of whole neighbouring jobs of about ``BLOCK_VALUES`` values (so chunk pairs stay
     together) that the threads take in turn as they finish: a thread that drew cheap chunks (a large
     tensor's) takes more blocks than one that drew many small tensors, so neither waits for the other. The
     compiled decoder releases the GIL."""
-    lib = cext.library()
+    lib = lib or cext.library()
 
     def run(part: np.ndarray) -> None:
         if part.shape[0]:
@@ -305,9 +305,10 @@ def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1) -> None:
 
 def job_error(jobs: np.ndarray) -> tuple[int, int, int] | None:
     """(row, error code, field) of the first failed job, or None."""
-    bad = np.flatnonzero(jobs[:, STATUS])
-    if not bad.size:
+    status = jobs[:, STATUS]
+    if not status.any():
         return None
+    bad = np.flatnonzero(status)
     st = int(jobs[bad[0], STATUS])
     return int(bad[0]), st & 0xFF, st >> 8
 
@@ -341,9 +342,10 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: s
                          f"{enc.count} values")
     out = out.reshape(-1)
     code = cext.requested_isa(isa)
-    if enc.count and compiled(enc):
+    lib = cext.library()
+    if enc.count and compiled(enc, lib):
         jobs = c_jobs(enc, out)
-        run_jobs(jobs, code, threads)
+        run_jobs(jobs, code, threads, lib)
         err = job_error(jobs)
         if err is not None:
             raise _chunk_error(enc, isa, *err)

@@ -18,6 +18,17 @@ def _reference(backend, ids: list[int]) -> torch.Tensor:
         return backend.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
 
 
+def _check_then_step(backend, state, logits, seqs, gen) -> torch.Tensor:
+    """Every row's logits equal the reference; then one random token per row is decoded (appended to seqs)."""
+    for row, ids in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _reference(backend, ids), rtol=1e-4, atol=1e-4)
+    tokens = [int(torch.randint(3, 90, (1,), generator=gen)) for _ in seqs]
+    logits = backend.step(state, tokens)
+    for ids, t in zip(seqs, tokens):
+        ids.append(t)
+    return logits
+
+
 def test_batched_decode_matches_one_sequence_at_a_time(backend):
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 90, (n,), generator=gen).tolist() for n in (5, 17, 9)]
@@ -30,12 +41,7 @@ def test_batched_decode_matches_one_sequence_at_a_time(backend):
             seqs.append(list(prompts[2]))
         if step == 4:                                           # the first leaves; the 17-token one stays
             state, logits, seqs = backend.select(state, [1, 2]), logits[[1, 2]], seqs[1:]
-        for row, ids in enumerate(seqs):
-            torch.testing.assert_close(logits[row], _reference(backend, ids), rtol=1e-4, atol=1e-4)
-        tokens = [int(torch.randint(3, 90, (1,), generator=gen)) for _ in seqs]
-        logits = backend.step(state, tokens)
-        for ids, t in zip(seqs, tokens):
-            ids.append(t)
+        logits = _check_then_step(backend, state, logits, seqs, gen)
     for row, ids in enumerate(seqs):
         torch.testing.assert_close(logits[row], _reference(backend, ids), rtol=1e-4, atol=1e-4)
 
@@ -66,12 +72,7 @@ def test_prefix_cache_prefills_the_rest_and_matches_the_reference(tiny):
     for step in range(4):
         if step == 2:
             state, logits, seqs = b.select(state, [1, 2]), logits[[1, 2]], seqs[1:]
-        for row, ids in enumerate(seqs):
-            torch.testing.assert_close(logits[row], _reference(b, ids), rtol=1e-4, atol=1e-4)
-        tokens = [int(torch.randint(3, 90, (1,), generator=gen)) for _ in seqs]
-        logits = b.step(state, tokens)
-        for ids, t in zip(seqs, tokens):
-            ids.append(t)
+        logits = _check_then_step(b, state, logits, seqs, gen)
     off = TorchBackend(model, tok, max_batch=8, prefix_cache=0)
     off.prefill([head + tail(4)])
     off.prefill([head + tail(6)])

@@ -148,3 +148,16 @@ def test_plan_counts_layers_in_llama_cpp_order_whatever_the_file_order(ftype):
     if ftype == "Q4_K_M":
         more = sorted(int(n.split(".")[1]) for n, r in b.items() if n.endswith("attn_v.weight") and r["type"] == "Q8_0")
         assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]   # use_more_bits(i, 30)
+
+
+def test_rounding_method_is_one_decision_for_the_file_and_its_report():
+    """GPTQ only where it runs: calibrated, not an --rtn-for category, not over the size limit."""
+    from leanlm.export.gguf import GPTQ_MAX_ELEMENTS, GGUFExportConfig, rounding_method
+
+    H = torch.eye(4)
+    g = GGUFExportConfig(method="gptq", rtn_for=("attn_v",))
+    assert rounding_method(g, "blk.0.ffn_down.weight", (576, 1536), H) == "gptq"
+    assert rounding_method(g, "blk.0.attn_v.weight", (192, 576), H) == "rtn"
+    assert rounding_method(g, "token_embd.weight", (GPTQ_MAX_ELEMENTS // 640 + 1, 640), H) == "rtn (too large for GPTQ)"
+    assert rounding_method(g, "blk.0.ffn_down.weight", (576, 1536), None) == "rtn (no calibration)"
+    assert rounding_method(GGUFExportConfig(), "blk.0.ffn_down.weight", (576, 1536), H) == GGUFExportConfig().method

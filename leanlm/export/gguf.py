@@ -93,13 +93,31 @@ def encode_float(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuan
     return gguf.quants.quantize(arr.astype(np.float32), gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
 
 
+GPTQ_MAX_ELEMENTS = 64 * 2 ** 20   # larger matrices (an embedding of 100k+ rows) are rounded without GPTQ
+
+
+def rounding_method(cfg: GGUFExportConfig, name: str, shape: tuple[int, ...], H) -> str:
+    """How a matrix is rounded (the one decision ``quantise_tensor`` follows and the report names)."""
+    if H is None:
+        return "rtn (no calibration)"
+    if cfg.method != "gptq":
+        return cfg.method
+    if tensor_category(name) in cfg.rtn_for:
+        return "rtn"
+    if int(np.prod(shape)) > GPTQ_MAX_ELEMENTS:
+        return "rtn (too large for GPTQ)"
+    return "gptq"
+
+
 def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GGUFExportConfig,
-                    hinv_cache: dict, category: str = "") -> tuple[np.ndarray, float, torch.Tensor]:
-    """Packed blocks (rows, bytes), the H-weighted relative error and the dequantised matrix."""
+                    hinv_cache: dict, name: str = "") -> tuple[np.ndarray, float, torch.Tensor, str]:
+    """Packed blocks (rows, bytes), the H-weighted relative error, the dequantised matrix and how it was
+    rounded (``rounding_method``)."""
     fmt = FORMATS[qtype]
     W = torch.from_numpy(arr)
     rows = W.shape[0]
-    if H is not None and cfg.method == "gptq" and category not in cfg.rtn_for and rows * W.shape[1] <= 64 * 2 ** 20:
+    how = rounding_method(cfg, name, arr.shape, H)
+    if how == "gptq":
         key = id(H)
         if key not in hinv_cache:
             hinv_cache.clear()   # tensors sharing an input are consecutive; keep one factor
@@ -111,13 +129,7 @@ def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GG
                      llama_weighting=cfg.llama_weighting)
     blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
     ref = gq.weighted_error(W, torch.zeros_like(W), H)
-    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30), res.dequant
-
-
-def _method_of(cfg: GGUFExportConfig, name: str, H) -> str:
-    if H is None:
-        return "rtn (no calibration)"
-    return "rtn" if cfg.method == "gptq" and tensor_category(name) in cfg.rtn_for else cfg.method
+    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30), res.dequant, how
 
 
 def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray | None:
@@ -151,9 +163,8 @@ def mix_candidates(model, tok, tensors: dict[str, np.ndarray], Hs: dict[str, tor
                     row.append(mix.Candidate(qtype, size, 0.0, raw, 0.0, "copied from the source GGUF"))
                     continue
                 H = Hs.get(name)
-                blocks, rel, deq = quantise_tensor(arr, qtype, H, cfg, hinv, tensor_category(name))
-                row.append(mix.Candidate(qtype, size, mix.loss_cost(fisher.get(name), arr, deq), blocks, rel,
-                                         _method_of(cfg, name, H)))
+                blocks, rel, deq, how = quantise_tensor(arr, qtype, H, cfg, hinv, name)
+                row.append(mix.Candidate(qtype, size, mix.loss_cost(fisher.get(name), arr, deq), blocks, rel, how))
             if row:
                 cands[name] = row
     finally:
@@ -239,8 +250,8 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             elif raw is not None:
                 data, dtype, how = raw, gguf.GGMLQuantizationType[qtype], "copied from the source GGUF"
             elif qtype in FORMATS:
-                data, rel, _ = quantise_tensor(arr, qtype, H, cfg, hinv, tensor_category(name))
-                dtype, how = FORMATS[qtype].qtype, _method_of(cfg, name, H)
+                data, rel, _, how = quantise_tensor(arr, qtype, H, cfg, hinv, name)
+                dtype = FORMATS[qtype].qtype
             else:
                 (data, dtype), how = encode_float(arr, qtype), "float"
             writer.add_tensor(name, data, raw_dtype=dtype)

@@ -337,9 +337,8 @@ def decode(enc: Encoded, threads: int = 1, out: np.ndarray | None = None, isa: s
                          f"{nchunks} chunks of {len(layout.fields)} fields")
     if out is None:
         out = np.empty(enc.count, layout.uint)
-    elif out.dtype != layout.uint or out.size != enc.count or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"decode target must be a writeable contiguous {np.dtype(layout.uint)} array of "
-                         f"{enc.count} values")
+    else:
+        _check_target(enc, out)
     out = out.reshape(-1)
     code = cext.requested_isa(isa)
     lib = cext.library()
@@ -384,38 +383,40 @@ class ItemError(CodecError):
         self.item = item
 
 
+def _check_target(enc: Encoded, out: np.ndarray) -> None:
+    if out.dtype != enc.layout.uint or out.size != enc.count or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"decode target must be a writeable contiguous {np.dtype(enc.layout.uint)} array of "
+                         f"{enc.count} values")
+
+
 def decode_many(items: list[tuple[Encoded, np.ndarray]], threads: int = 1, isa: str | None = None) -> None:
-    """Decode every ``(enc, out)`` pair (``out`` as in ``decode``) as one job table: one call per thread for
-    all of them, shares of equal value counts, and chunks of different arrays paired in the decoder, so a
-    model of many small tensors decodes at the speed of one large one. Raises ``ItemError`` (its ``item``
-    the failing pair's index; a ``CodecError``) or ``ExtensionUnavailable``."""
-    if not items:
-        return
+    """Decode every ``(enc, out)`` pair (``out`` as in ``decode``) as one job table: one call per block of
+    jobs for all of them (see ``run_jobs``), chunks of different arrays paired in the decoder, so a model of
+    many small tensors decodes at the speed of one large one. Raises ``ItemError`` (its ``item`` the failing
+    pair's index; a ``CodecError``) or ``ExtensionUnavailable``."""
     code = cext.requested_isa(isa)
-    batched = [k for k, (enc, out) in enumerate(items) if enc.count and compiled(enc)]
-    for k in sorted(set(range(len(items))) - set(batched)):
-        try:
-            decode(items[k][0], threads=threads, out=items[k][1], isa=isa)
-        except CodecError as e:
-            raise ItemError(k, e) from e
-    if not batched:
-        return
-    tables, owner = [], []
-    for k in batched:
-        enc, out = items[k]
-        if out.dtype != enc.layout.uint or out.size != enc.count or not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError(f"decode target {k} must be a writeable contiguous {np.dtype(enc.layout.uint)} array "
-                             f"of {enc.count} values")
-        tables.append(c_jobs(enc, out))
+    lib = cext.library()
+    tables, owner, chunk = [], [], []
+    for k, (enc, out) in enumerate(items):
+        if not (enc.count and compiled(enc, lib)):    # empty, or numba-only: on its own
+            try:
+                decode(enc, threads=threads, out=out, isa=isa)
+            except CodecError as e:
+                raise ItemError(k, e) from e
+            continue
+        _check_target(enc, out)
+        tables.append(c_jobs(enc, out.reshape(-1)))
         owner.append(np.full(tables[-1].shape[0], k))
-    jobs, owner = np.concatenate(tables), np.concatenate(owner)
-    first = np.concatenate([[0], np.cumsum([t.shape[0] for t in tables])[:-1]])
-    run_jobs(jobs, code, threads)
+        chunk.append(np.arange(tables[-1].shape[0]))
+    if not tables:
+        return
+    jobs = np.concatenate(tables)
+    run_jobs(jobs, code, threads, lib)
     err = job_error(jobs)
     if err is not None:
         row, c, field = err
-        k = int(owner[row])
-        e = _chunk_error(items[k][0], isa, row - int(first[batched.index(k)]), c, field)
+        k = int(np.concatenate(owner)[row])
+        e = _chunk_error(items[k][0], isa, int(np.concatenate(chunk)[row]), c, field)
         raise ItemError(k, e) if isinstance(e, CodecError) else e
 
 

@@ -238,17 +238,14 @@ class ContainerReader:
                 self._mm = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
 
     def _plane_spans(self) -> dict[str, tuple[str, tuple, int, int]]:
-        """Each plane's dtype, shape and absolute byte range, from the header safe_open has just validated,
-        so planes are read as views of one read-only map (no copy); {} where the header is not as expected
+        """Each plane's dtype, shape and absolute byte range (the container is a plain safetensors file), so
+        planes are read as views of one read-only map (no copy); {} where its header is not as expected
         (then planes are read through safe_open)."""
-        try:
-            with open(self.path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            return {k: (v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-                    for k, v in header.items() if k != "__metadata__"}
-        except (OSError, ValueError, KeyError, TypeError, struct.error):
+        parsed = parse_safetensors(self.path)
+        if parsed is None:
             return {}
+        head, spans = parsed
+        return {sp.name: (sp.dtype, sp.shape, len(head) + sp.begin, len(head) + sp.end) for sp in spans}
 
     def _plane(self, name: str, plane: str, dtype) -> np.ndarray:
         key = fmt.plane_key(name, plane)

@@ -5,7 +5,8 @@ planes, see ``format``); ``load_file(path)`` decodes every tensor straight into 
 memory, checks every sha256 and returns the dict, so ``from leanlm.lossless import load_file`` replaces
 ``from safetensors.torch import load_file``. Every tensor is checked (CRC-32 by default, sha256 on request).
 Tensors decode on ``threads`` threads (the compiled decoder
-releases the GIL): every chunk of every float-coded tensor in one job table, cut into shares of equal size.
+releases the GIL): every chunk of every float-coded tensor in one job table, whose blocks the threads take in
+turn (``codec.run_jobs``).
 """
 from __future__ import annotations
 

@@ -27,9 +27,6 @@ TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float
                 "U32": torch.uint32, "I64": torch.int64, "U64": torch.uint64}
 
 
-_ITEMSIZE = {k: torch.empty(0, dtype=v).element_size() for k, v in TORCH_DTYPES.items()}
-
-
 @dataclass
 class CodedTensor:
     enc: Encoded
@@ -40,9 +37,10 @@ class CodedTensor:
     def nbytes(self) -> int:
         return self.enc.nbytes
 
-    def decode(self, threads: int) -> torch.Tensor:
-        values = codec.decode(self.enc, threads=threads)
-        return torch.from_numpy(values).view(TORCH_DTYPES[self.dtype]).reshape(self.shape)
+    @property
+    def slot_bytes(self) -> int:
+        """Decoded bytes, rounded up to 64 (its place in the decode arena)."""
+        return (math.prod(self.shape) * TORCH_DTYPES[self.dtype].itemsize + 63) // 64 * 64
 
 
 def unit_modules(model: torch.nn.Module):
@@ -61,7 +59,7 @@ class LazyWeights:
     def __init__(self, model: torch.nn.Module, coded: dict[str, CodedTensor], dtype: torch.dtype, threads: int = 1):
         self.dtype, self.threads = dtype, threads
         self.coded = coded
-        self._arena: torch.Tensor | None = None
+        self._arena: torch.Tensor | None = None   # allocated at the first forward
         self._open: set[str] = set()
         by_name = dict(model.named_parameters(remove_duplicate=False))
         owner = {id(by_name[n]): n for n in coded if n in by_name}   # parameter object -> coded tensor name
@@ -77,25 +75,22 @@ class LazyWeights:
         for params in self.units.values():
             for p, _ in params:
                 p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        self._arena_bytes = max((sum(coded[n].slot_bytes for _, n in ps) for ps in self.units.values()), default=0)
 
     def _buffers(self, unit: str) -> list[torch.Tensor]:
         """Destination tensors for a unit's parameters: views of one arena the size of the largest unit,
         reused by every unit in turn (no allocation and no page faults per forward; memory bounded by one
         unit). A unit that opens while another is still open (nested) gets fresh tensors instead."""
-        params = self.units[unit]
-        sizes = [(math.prod(self.coded[n].shape) * _ITEMSIZE[self.coded[n].dtype] + 63) // 64 * 64 for _, n in params]
+        coded = [self.coded[n] for _, n in self.units[unit]]
         if self._open:
-            return [torch.empty(self.coded[n].shape, dtype=TORCH_DTYPES[self.coded[n].dtype]) for _, n in params]
-        if self._arena is None or self._arena.numel() < sum(sizes):
-            most = max(sum((math.prod(self.coded[n].shape) * _ITEMSIZE[self.coded[n].dtype] + 63) // 64 * 64
-                           for _, n in ps) for ps in self.units.values())
-            self._arena = torch.empty(most, dtype=torch.uint8)
+            return [torch.empty(c.shape, dtype=TORCH_DTYPES[c.dtype]) for c in coded]
+        if self._arena is None:
+            self._arena = torch.empty(self._arena_bytes, dtype=torch.uint8)
         out, at = [], 0
-        for (_, n), size in zip(params, sizes):
-            c = self.coded[n]
-            nbytes = math.prod(c.shape) * _ITEMSIZE[c.dtype]
+        for c in coded:
+            nbytes = math.prod(c.shape) * TORCH_DTYPES[c.dtype].itemsize
             out.append(self._arena[at:at + nbytes].view(TORCH_DTYPES[c.dtype]).reshape(c.shape))
-            at += size
+            at += c.slot_bytes
         return out
 
     def _pre(self, unit: str):

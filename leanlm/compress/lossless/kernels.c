@@ -159,20 +159,35 @@ static void fill_const(void *out, int width, int first, int64_t n, uint32_t v) {
 
 /* ------------------------------------------------------------------------------ rANS32 tables */
 
+/* A frequency table at tables[at] (lo, count, freq[count]) within bounds, its frequencies summing to 2**pb,
+ * none the whole range (a single symbol is a CONST field, never coded); its lo, count and largest freq. */
+static int table_check(const uint16_t *t, int64_t nt, int64_t at, int alphabet, int pb, int64_t *lo, int64_t *cnt,
+                       uint32_t *fmax) {
+    if (at < 0 || at + 2 > nt) return E_TABLE;
+    *lo = t[at];
+    *cnt = t[at + 1];
+    if (*lo + *cnt > alphabet || at + 2 + *cnt > nt) return E_TABLE;
+    int64_t total = 0;
+    *fmax = 0;
+    for (int64_t k = 0; k < *cnt; k++) {
+        total += t[at + 2 + k];
+        if (t[at + 2 + k] > *fmax) *fmax = t[at + 2 + k];
+    }
+    if (total != (1 << pb) || *fmax >= (1u << pb)) return E_TABLE;
+    return 0;
+}
+
 /* Table at tables[at]: lo, count, freq[count] (sum 2**pb). lut[slot] = freq | (slot - cum) << 16;
  * smap[slot] = output pattern of the slot's symbol. */
 static int rans_tables(const uint16_t *t, int64_t nt, int64_t at, const uint32_t *patt, int alphabet, int pb,
                        uint32_t *lut, uint32_t *smap) {
-    if (at < 0 || at + 2 > nt) return E_TABLE;
-    int64_t lo = t[at], cnt = t[at + 1];
-    if (lo + cnt > alphabet || at + 2 + cnt > nt) return E_TABLE;
-    int64_t total = 0;
-    for (int64_t k = 0; k < cnt; k++) total += t[at + 2 + k];
-    if (total != (1 << pb)) return E_TABLE;
+    int64_t lo, cnt;
+    uint32_t fmax;
+    int err = table_check(t, nt, at, alphabet, pb, &lo, &cnt, &fmax);
+    if (err) return err;
     uint32_t slot = 0;
     for (int64_t k = 0; k < cnt; k++) {
         uint32_t f = t[at + 2 + k];
-        if (f >= (1u << pb)) return E_TABLE;   /* a single symbol is a CONST field, never coded */
         for (uint32_t b = 0; b < f; b++, slot++) { lut[slot] = f | (b << 16); smap[slot] = patt[lo + k]; }
     }
     return 0;
@@ -184,17 +199,10 @@ static int rans_tables(const uint16_t *t, int64_t nt, int64_t at, const uint32_t
  * exponent-and-mantissa symbols); returns 0, -1 when a frequency is too large (use rans_tables), or an
  * error code. */
 static int rans_table_fused(const uint16_t *t, int64_t nt, int64_t at, int alphabet, int pb, uint32_t *lut) {
-    if (at < 0 || at + 2 > nt) return E_TABLE;
-    int64_t lo = t[at], cnt = t[at + 1];
-    if (lo + cnt > alphabet || at + 2 + cnt > nt) return E_TABLE;
-    int64_t total = 0;
-    uint32_t fmax = 0;
-    for (int64_t k = 0; k < cnt; k++) {
-        total += t[at + 2 + k];
-        if (t[at + 2 + k] > fmax) fmax = t[at + 2 + k];
-    }
-    if (total != (1 << pb)) return E_TABLE;
-    if (fmax >= (1u << pb)) return E_TABLE;
+    int64_t lo, cnt;
+    uint32_t fmax;
+    int err = table_check(t, nt, at, alphabet, pb, &lo, &cnt, &fmax);
+    if (err) return err;
     if (fmax >= 1024) return -1;
     uint32_t slot = 0;
     for (int64_t k = 0; k < cnt; k++) {

@@ -38,7 +38,7 @@ class TorchBackend:
         self.prefix_cache = prefix_cache
         self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._last: list[int] | None = None
-        self.prefix_hits = 0          # prompts prefilled from a kept prefix (for /metrics and tests)
+        self.prefix_hits = 0          # prompts prefilled from a kept prefix (the tests read it)
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
         self.context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
@@ -92,31 +92,25 @@ class TorchBackend:
         cache = DynamicCache(config=self.model.config)
         for i, (k, v) in enumerate(self._prefixes[key]):
             cache.update(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous(), i)
-        rest = [p[n:] for p in prompts]
-        width = max(len(r) for r in rest)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        smask = torch.zeros((b, width), dtype=torch.long)
-        for i, r in enumerate(rest):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            smask[i, width - len(r):] = 1
-        mask = torch.cat([torch.ones((b, n), dtype=torch.long), smask], dim=1)
-        pos = n + (smask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         self.prefix_hits += b
-        return TorchState(cache, mask, mask.sum(1)), out.logits[:, -1, :].float().cpu()
+        return self._forward(cache, n, [p[n:] for p in prompts])
 
     def _prefill_plain(self, prompts: list[list[int]]) -> tuple[TorchState, torch.Tensor]:
         from transformers import DynamicCache
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):                 # left padding: every prompt ends at the last column
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        return self._forward(DynamicCache(config=self.model.config), 0, prompts)
+
+    def _forward(self, cache, start: int, seqs: list[list[int]]) -> tuple[TorchState, torch.Tensor]:
+        """Run ``seqs`` (left-padded: every one ends at the last column) after the ``start`` tokens every row
+        of ``cache`` already holds; the new state and each row's next-token logits."""
+        b, width = len(seqs), max(len(q) for q in seqs)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        new = torch.zeros((b, width), dtype=torch.long)
+        for i, q in enumerate(seqs):
+            ids[i, width - len(q):] = torch.tensor(q, dtype=torch.long)
+            new[i, width - len(q):] = 1
+        mask = torch.cat([torch.ones((b, start), dtype=torch.long), new], dim=1)
+        pos = start + (new.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=pos.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         return TorchState(cache, mask, mask.sum(1)), out.logits[:, -1, :].float().cpu()

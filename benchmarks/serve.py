@@ -80,7 +80,7 @@ def leanlm_server(spec: str, args, work: Path, tag: str, extra: list[str] = ()) 
     port = free_port()
     argv = [PY, "-m", "leanlm.cli", "serve", spec, "--port", str(port), "--threads", str(args.threads),
             "--max-batch", "16", "--max-queue", "256", "--prefix-cache", str(args.prefix_cache), *extra]
-    argv += ["--dtype", args.dtype]
+    argv += ["--dtype", args.dtype, "--skinny" if args.skinny else "--no-skinny"]
     return Server(argv, f"http://127.0.0.1:{port}", work / f"server-{tag}.log")
 
 
@@ -309,6 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--dtype", default="fp32", help="torch backend dtype")
     p.add_argument("--prefix-cache", type=int, default=4, help="the server's --prefix-cache (0 = off)")
+    p.add_argument("--skinny", action=argparse.BooleanOptionalAction, default=True,
+                   help="the server's batched-decode kernel (--no-skinny: PyTorch's BLAS for every product)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--requests-per-client", type=int, default=4)

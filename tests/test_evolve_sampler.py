@@ -23,6 +23,9 @@ from leanlm.serve.server import ServerThread
 
 PROMPTS = ["12+34=", "What is 7 plus 8?", "Sort: 3 1 2", "hello", "5+5=", "Reverse abc", "9*9=", "a"]
 TINY = dataclasses.replace(LOOP_TINY, problems=60, probe_n=16, heldout_n=16)   # the loop tests' recipe, smaller
+# The follow test checks sampling through the server, not the gate: with 16 held-out problems retention moves
+# by 1/16 when the CPU's float rounding changes (an AVX2 machine rolled both generations back at tol 0.05).
+FOLLOW = dataclasses.replace(TINY, retention_tolerance=0.5)
 
 
 def test_transformers_sampler_gives_the_samples_generate_gave(tiny):
@@ -90,7 +93,7 @@ def test_two_generations_sampled_by_leanlm_serve_follow(tmp_path):
     the server ends serving the last accepted generation and names it in its responses."""
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    cfg0 = TINY
+    cfg0 = FOLLOW
     lineage.init_run(out, cfg0)                                            # the server needs run.json
     with ServerThread(str(out), tiny_cfg(follow=True, name="evo", max_batch=16)) as server:
         cfg = dataclasses.replace(cfg0, sampler=SamplerKind.OPENAI, sampler_url=server.url + "/v1",

@@ -25,6 +25,9 @@ class ServeConfig:
     max_batch: int = _f(16, "sequences decoded together in one step")
     prefix_cache: int = _f(4, "prompt prefixes (shared with the previous prompt, >= 16 tokens: a chat template's "
                               "system preamble) whose keys and values the torch backend keeps; 0 = off")
+    skinny: bool = _f(True, "torch backend, fp32: batched decode steps' matrix products through leanlm's AVX2 "
+                            "kernel (serve/backends/skinny.c; ~1.6x PyTorch's BLAS at 2-16 rows on one core); "
+                            "off = PyTorch's")
     max_prefill_tokens: int = _f(256, "prompt tokens prefilled per step at most (bounds the pause a burst of "
                                       "arrivals puts on running requests; one request always fits)")
     max_queue: int = _f(64, "requests waiting for a slot; more get HTTP 429")

@@ -27,7 +27,7 @@ def model_name(spec: str, cfg: ServeConfig) -> str:
 def build(spec: str, cfg: ServeConfig) -> ServerContext:
     """Registry (with the first version live, unless a followed run has none yet), scheduler, follower."""
     loader = functools.partial(backend_loader(cfg.backend), dtype=cfg.dtype, max_batch=cfg.max_batch,
-                               threads=cfg.threads, prefix_cache=cfg.prefix_cache)
+                               threads=cfg.threads, prefix_cache=cfg.prefix_cache, skinny=cfg.skinny)
     name = model_name(spec, cfg)
     run = is_run(spec)
     ledger_path = cfg.ledger or (str(Path(spec) / "serve-ledger.jsonl") if run else None)

@@ -12,14 +12,13 @@ Instruction set: the library picks the best one at run time (``__builtin_cpu_sup
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from ... import cbuild
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +34,17 @@ class ExtensionUnavailable(RuntimeError):
     """The compiled decoder cannot be used here (no compiler, disabled, or the CPU lacks a forced ISA)."""
 
 
-def _cache_dir() -> Path:
-    from ...models.specs import cache_dir
-
-    return cache_dir() / "ext"
-
-
 def compiler() -> str | None:
-    for cc in (os.environ.get("CC"), "gcc", "cc", "clang"):
-        if cc and shutil.which(cc):
-            return cc
-    return None
+    return cbuild.compiler()
 
 
 def build(force: bool = False) -> Path:
     """Compile ``kernels.c`` into the cache (once per source version); returns the library's path."""
-    cc = compiler()
-    if cc is None:
-        raise ExtensionUnavailable("no C compiler found (set CC, or install gcc)")
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + cc.encode()).hexdigest()[:16]
-    out = _cache_dir() / f"kernels-{key}.so"
-    if out.is_file() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise ExtensionUnavailable(f"{cc} failed to build {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("built the lossless decoder %s", out)
+        out = cbuild.build_library(SOURCE, FLAGS, compiler(), force=force)
+    except cbuild.BuildError as e:
+        raise ExtensionUnavailable(str(e)) from e
+    log.debug("lossless decoder library %s", out)
     return out
 
 

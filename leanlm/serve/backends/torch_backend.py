@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from . import kvcache
+from . import skinny as skinny_kernel
 from .base import TextCodec
 
 
@@ -33,8 +34,9 @@ PREFIX_MIN = 16   # shortest shared prefix worth keeping, in tokens
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, tok, max_batch: int = 16, prefix_cache: int = 4):
+    def __init__(self, model, tok, max_batch: int = 16, prefix_cache: int = 4, skinny: bool = True):
         self.model = model
+        self.skinny_layers = skinny_kernel.patch(model) if skinny else 0   # fp32 linears on the batched kernel
         self.prefix_cache = prefix_cache
         self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._last: list[int] | None = None
@@ -136,8 +138,9 @@ class TorchBackend:
         self.model = None
 
 
-def load_torch(source: str, dtype: str = "bf16", max_batch: int = 16, prefix_cache: int = 4, **_) -> TorchBackend:
+def load_torch(source: str, dtype: str = "bf16", max_batch: int = 16, prefix_cache: int = 4, skinny: bool = True,
+               **_) -> TorchBackend:
     from ...models.load import load
 
     model, tok = load(source, dtype=dtype, device="cpu")
-    return TorchBackend(model, tok, max_batch=max_batch, prefix_cache=prefix_cache)
+    return TorchBackend(model, tok, max_batch=max_batch, prefix_cache=prefix_cache, skinny=skinny)

@@ -1,0 +1,102 @@
+"""Batched-decode matrix products on the CPU: ``nn.Linear`` forwards with 2-16 rows through ``skinny.c``.
+
+A decode step of a batch of B sequences multiplies each weight matrix by B rows. PyTorch's BLAS is built
+for large blocks and reaches about half the arithmetic rate of this kernel at those sizes on one core
+(``benchmarks/serve_probe.py`` times both), so batched steps cost far more than reading the weights once.
+``patch(model)`` routes the fp32 ``nn.Linear`` layers of a model through the kernel when a call has
+``MIN_ROWS..MAX_ROWS`` rows (one row, long prefills, other dtypes and autograd stay on PyTorch). Each output
+is a dot product summed in the same order whatever the batch, so a row's logits do not depend on what it
+is batched with (PyTorch's BLAS changes its blocking with the batch size).
+
+Built on first use with the system C compiler (``leanlm.cbuild``); without a compiler, without AVX2+FMA,
+or with ``LEANLM_NO_SKINNY=1``, ``available()`` is False and nothing is patched.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ... import cbuild
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("skinny.c")
+FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
+ABI_VERSION = 1
+MIN_ROWS, MAX_ROWS = 2, 16
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(cbuild.build_library(SOURCE, FLAGS, cbuild.compiler())))
+    except (cbuild.BuildError, OSError) as e:
+        log.warning("skinny matrix kernel unavailable (%s); batched decode uses PyTorch's", e)
+        return None
+    lib.sk_abi_version.restype = ctypes.c_int
+    lib.sk_cpu_ok.restype = ctypes.c_int
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.sk_linear.argtypes = [p, i64, p, p, p, i64, i64, i64, i64, i32, i32]
+    lib.sk_linear.restype = ctypes.c_int
+    if lib.sk_abi_version() != ABI_VERSION or not lib.sk_cpu_ok():
+        log.info("skinny matrix kernel not used (ABI %d, AVX2+FMA %s)", lib.sk_abi_version(), bool(lib.sk_cpu_ok()))
+        return None
+    return lib
+
+
+def available() -> bool:
+    return os.environ.get("LEANLM_NO_SKINNY", "") in ("", "0") and _library() is not None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for fp32 CPU tensors through the kernel (any number of rows)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the skinny matrix kernel is not available on this machine")
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        raise TypeError(f"skinny.linear takes fp32 CPU tensors, not {x.dtype} / {weight.dtype} on {x.device}")
+    k = weight.shape[1]
+    if x.shape[-1] != k:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight takes {k}")
+    x2 = x.reshape(-1, k)
+    if x2.stride(1) != 1 or x2.stride(0) < k:
+        x2 = x2.contiguous()
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    b = None
+    if bias is not None:
+        b = bias if bias.is_contiguous() and bias.dtype == torch.float32 else bias.float().contiguous()
+    m, n = x2.shape[0], w.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32)
+    rc = lib.sk_linear(x2.data_ptr(), x2.stride(0), w.data_ptr(), b.data_ptr() if b is not None else None,
+                       y.data_ptr(), n, m, n, k, 0, 1)
+    if rc != 0:
+        raise ValueError(f"skinny.linear refused shapes x {tuple(x2.shape)} weight {tuple(w.shape)}")
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w = module.weight
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (MIN_ROWS <= rows <= MAX_ROWS and x.dtype == torch.float32 and w.dtype == torch.float32
+            and x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        return linear(x, w, module.bias)
+    return torch.nn.functional.linear(x, w, module.bias)
+
+
+def patch(model: torch.nn.Module) -> int:
+    """Route ``model``'s fp32 ``nn.Linear`` layers through the kernel for batched-decode sizes; returns how
+    many were patched (0 when the kernel is unavailable). Other modules (int8, LoRA wrappers' own code) are
+    left alone; a LoRA's base ``nn.Linear`` inside them is patched like any other."""
+    if not available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+            module.forward = _forward.__get__(module)
+            count += 1
+    return count

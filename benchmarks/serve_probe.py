@@ -1,10 +1,11 @@
 """Two in-process probes behind ``leanlm serve``'s defaults (SmolLM2, torch backend, one process):
 
-1. decode-step cost by batch size and dtype (batch 1 vs 8, fp32 vs bf16), alternating, medians;
+1. decode-step cost by batch size and dtype (batch 1 vs 8; fp32 with PyTorch's BLAS, fp32 with the
+   skinny kernel - the server's default - and bf16), alternating, medians;
 2. decode-step latency at batch 8 while another thread loads a second model (what a swap costs the
    requests in flight).
 
-    .venv/bin/python benchmarks/serve_probe.py [--threads 1] [--steps 8] [--json OUT]
+    .venv/bin/python benchmarks/serve_probe.py [--threads 1] [--steps 8] [--parts step swap] [--json OUT]
 """
 from __future__ import annotations
 
@@ -33,18 +34,34 @@ def _steps(backend, state, logits, n: int) -> tuple[list[float], torch.Tensor]:
     return times, logits
 
 
-def step_cost(spec: str, dtype: str, steps: int, rounds: int) -> dict:
-    b = load_torch(spec, dtype=dtype)
+def step_cost(spec: str, dtype: str, steps: int, rounds: int, kernels: tuple[bool, ...] = (False,)) -> dict:
+    """Median decode-step time at batch 1 and 8; with ``kernels`` (False, True) the same model alternates
+    between PyTorch's BLAS and the skinny kernel every round (same-run ratios)."""
+    from leanlm.serve.backends import skinny
+
+    b = load_torch(spec, dtype=dtype, skinny=False)
     ids = b.text.chat(PROMPT)
-    out = {1: [], 8: []}
+    out = {(k, batch): [] for k in kernels for batch in (1, 8)}
     for _ in range(rounds):
-        for batch in (1, 8):
-            state, logits = b.prefill([ids] * batch)
-            _, logits = _steps(b, state, logits, 2)                 # warm
-            out[batch].append(statistics.median(_steps(b, state, logits, steps)[0]))
-    ms = {k: statistics.median(v) * 1e3 for k, v in out.items()}
-    return {"step_ms_b1": ms[1], "step_ms_b8": ms[8], "cost_b8_over_b1": ms[8] / ms[1],
-            "throughput_b8_over_b1": 8 * ms[1] / ms[8]}
+        for k in kernels:
+            if k:
+                layers = skinny.patch(b.model)
+            else:
+                skinny.unpatch(b.model)
+            for batch in (1, 8):
+                state, logits = b.prefill([ids] * batch)
+                _, logits = _steps(b, state, logits, 2)                 # warm
+                out[k, batch].append(statistics.median(_steps(b, state, logits, steps)[0]))
+    res = {}
+    for k in kernels:
+        ms = {batch: statistics.median(out[k, batch]) * 1e3 for batch in (1, 8)}
+        res["skinny" if k else "blas"] = {
+            "step_ms_b1": ms[1], "step_ms_b8": ms[8], "cost_b8_over_b1": ms[8] / ms[1],
+            "throughput_b8_over_b1": 8 * ms[1] / ms[8], **({"skinny_layers": layers} if k else {})}
+    if len(kernels) == 2:
+        res["skinny_speedup_b8"] = statistics.median(a / b for a, b in zip(out[False, 8], out[True, 8]))
+        res["skinny_speedup_b1"] = statistics.median(a / b for a, b in zip(out[False, 1], out[True, 1]))
+    return res
 
 
 def swap_cost(spec: str, other: str, steps: int, nice: int = 0) -> dict:
@@ -85,17 +102,25 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--parts", nargs="+", default=["step", "swap"], choices=["step", "swap"])
     p.add_argument("--json", default=str(HERE / "results" / "serve" / "probe.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = {"fp32": step_cost(args.spec, "fp32", args.steps, args.rounds),
-           "bf16": step_cost(args.spec, "bf16", args.steps, args.rounds),
-           **{f"swap_nice{n}": swap_cost(args.spec, args.other or args.spec, args.steps, n) for n in (0, 10)}}
+    res = {}
+    if "step" in args.parts:
+        res["fp32"] = step_cost(args.spec, "fp32", args.steps, args.rounds, kernels=(False, True))
+        res["bf16"] = step_cost(args.spec, "bf16", args.steps, args.rounds)
+    if "swap" in args.parts:
+        res.update({f"swap_nice{n}": swap_cost(args.spec, args.other or args.spec, args.steps, n) for n in (0, 10)})
     from leanlm.eval.results import document
     from leanlm.fileio import atomic_write_json
     from leanlm.report.tables import render_table
 
-    rows = [[k, f"{v:.3g}"] for part, r in res.items() for k, v in ((f"{part} {k}", v) for k, v in r.items())]
+    def flat(prefix, r):
+        for k, v in r.items():
+            yield from flat(f"{prefix} {k}", v) if isinstance(v, dict) else [(f"{prefix} {k}", v)]
+
+    rows = [[k, f"{v:.3g}"] for part, r in res.items() for k, v in flat(part, r)]
     render_table("serve probes (median step times, one process)", ["measure", "value"], rows)
     atomic_write_json(args.json, document("serve-probe", {"spec": args.spec}, vars(args), res))
     return 0

@@ -12,19 +12,23 @@ REQUIRED_KEYS = ("schema_version", "kind", "model", "protocol", "leanlm_version"
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            lines = f.read().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
     except OSError:
         pass
+    # the widest vector ISA: same-named VMs of this project have come with and without AVX-512
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other" if flags else None
     try:
         import psutil
 
         mem = psutil.virtual_memory().total
     except ImportError:
         mem = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_bytes": mem,
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_bytes": mem,
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available() and torch.cuda.get_device_name(0) or None}
 

@@ -80,12 +80,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    w = module.weight
-    rows = x.numel() // max(x.shape[-1], 1)
-    if (MIN_ROWS <= rows <= MAX_ROWS and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
-        return linear(x, w, module.bias)
-    return torch.nn.functional.linear(x, w, module.bias)
+    """The patched ``forward``: decode-sized fp32 calls straight to the kernel (this path is ~200 calls a
+    SmolLM2 step, so it does only the checks that decide it), everything else to ``F.linear``."""
+    w, bias = module.weight, module.bias
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    if (rows < MIN_ROWS or rows > MAX_ROWS or x.dtype is not _F32 or w.dtype is not _F32 or x.device.type != "cpu"
+            or not w.is_contiguous() or w.shape[1] != k
+            or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            or (bias is not None and (bias.dtype is not _F32 or not bias.is_contiguous()))):
+        return torch.nn.functional.linear(x, w, bias)
+    x2 = x.reshape(rows, k)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    n = w.shape[0]
+    y = torch.empty((rows, n), dtype=_F32)
+    if _library().sk_linear(x2.data_ptr(), x2.stride(0), w.data_ptr(), bias.data_ptr() if bias is not None else None,
+                            y.data_ptr(), n, rows, n, k, 0, 1) != 0:
+        raise ValueError(f"skinny kernel refused x {tuple(x2.shape)} weight {tuple(w.shape)}")
+    return y.view(*x.shape[:-1], n)
+
+
+_F32 = torch.float32
 
 
 def patch(model: torch.nn.Module) -> int:
@@ -98,5 +114,15 @@ def patch(model: torch.nn.Module) -> int:
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
             module.forward = _forward.__get__(module)
+            count += 1
+    return count
+
+
+def unpatch(model: torch.nn.Module) -> int:
+    """Undo ``patch``: every layer back on ``F.linear``; returns how many were patched."""
+    count = 0
+    for module in model.modules():
+        if module.__dict__.get("forward") is not None and getattr(module.forward, "__func__", None) is _forward:
+            del module.forward
             count += 1
     return count

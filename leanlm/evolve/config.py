@@ -57,6 +57,9 @@ class EvolveConfig:
     lora_r: int = _f(16, "LoRA rank (0 = full fine-tuning)")
     surgery: bool = _f(True, "PCGrad between new-data and retention gradients")
     retention_weight: float = _f(1.0, "weight of the retention loss")
+    retention_kl: bool = _f(False, "retention loss = KL(model before the training || model) on the retention "
+                                   "text (LoRA adapters off as the reference) instead of its LM loss, which "
+                                   "pulls the model toward that corpus; needs --lora-r > 0")
     retention_len: int = _f(64, "chat: tokens per retention window of corpus text")
     replay: int = _f(64, "examples replayed from earlier generations' data")
     adversarial: float = _f(0.25, "share of problems mutated from the probe's failures")
@@ -132,6 +135,7 @@ class EvolveConfig:
         require(self.dtype in ("fp32", "bf16", "fp16"), f"dtype {self.dtype!r}: fp32, bf16 or fp16")
         require(self.lora_r >= 0 and self.replay >= 0 and self.propose >= 0, "lora_r, replay, propose >= 0")
         require(self.micro_batches >= 1, "micro_batches must be >= 1")
+        require(not self.retention_kl or self.lora_r > 0, "--retention-kl needs LoRA (--lora-r > 0)")
         require(self.retention_len >= 2, "retention_len must be >= 2 tokens")
         require(self.dpo_steps >= 0, "dpo_steps must be >= 0")
         require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")

@@ -63,7 +63,7 @@ def gen_seed(cfg: EvolveConfig, g: int) -> int:
 def train_config(cfg: EvolveConfig, course: controller.Course, seed: int, lr_extra: float = 1.0, **kw) -> TrainConfig:
     return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr * course.lr_scale * lr_extra,
                        warmup=max(1, cfg.steps // 10), surgery=cfg.surgery, retention_weight=cfg.retention_weight,
-                       lora_r=cfg.lora_r, micro_batches=cfg.micro_batches, seed=seed, **kw)
+                       retention_kl=cfg.retention_kl, lora_r=cfg.lora_r, micro_batches=cfg.micro_batches, seed=seed, **kw)
 
 
 def replay(run: Path, recs: list[dict], n: int, seed: int, first: int = 1) -> list[Example]:

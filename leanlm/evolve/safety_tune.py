@@ -59,7 +59,8 @@ def tune(model, tok, cfg, retention: list[Example], seed: int):
     data, counts = build_data(model, tok, cfg)
     tcfg = TrainConfig(steps=cfg.safety_steps, batch_size=cfg.batch_size, lr=cfg.safety_lr,
                        warmup=max(1, cfg.safety_steps // 10), surgery=cfg.surgery,
-                       retention_weight=cfg.retention_weight, lora_r=cfg.lora_r, seed=seed,
+                       retention_weight=cfg.retention_weight, retention_kl=cfg.retention_kl, lora_r=cfg.lora_r,
+                       seed=seed,
                        micro_batches=cfg.micro_batches)
     model = add_lora(model, tcfg) if cfg.lora_r else model
     rounds = []

@@ -39,6 +39,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     surgery: bool = True            # PCGrad between new-data and retention gradients
     retention_weight: float = 1.0   # weight of the retention loss (0 = no retention term)
+    retention_kl: bool = False      # retention = KL(model before training || model), not the LM loss (LoRA)
     micro_batches: int = 1          # gradient parts per batch (accumulated; split across processes under DP)
     lora_r: int = 0                 # 0 = full fine-tuning
     lora_alpha: int = 32
@@ -51,6 +52,8 @@ class TrainConfig:
         require(self.lr > 0 and 0 <= self.warmup, "lr > 0 and warmup >= 0")
         require(self.lora_r >= 0 and self.retention_weight >= 0, "lora_r and retention_weight must be >= 0")
         require(self.micro_batches >= 1, "micro_batches must be >= 1")
+        require(not self.retention_kl or self.lora_r > 0, "retention_kl needs LoRA (lora_r > 0): the reference "
+                "is the model with its adapters switched off")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -105,6 +108,22 @@ def lm_loss(model, batch: dict[str, torch.Tensor], n_tokens: int | None = None) 
     return loss if n_tokens is None else loss / max(1, n_tokens)
 
 
+def kl_retention_loss(model, batch: dict[str, torch.Tensor], n_tokens: int | None = None) -> torch.Tensor:
+    """KL(reference || model) at every position that predicts a labelled token, mean (or sum over
+    ``n_tokens``, as ``lm_loss``). The reference is ``model`` with its LoRA adapters off (peft's
+    ``disable_adapter``): the weights before this training, with no second copy in memory. As a retention
+    term it keeps the whole next-token distribution on the retention text where it was, where the LM loss
+    on the same text pulls the model toward that corpus (lower perplexity there, higher elsewhere)."""
+    valid = batch["labels"][:, 1:] != IGNORE
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        ref = ref.float().log_softmax(-1)
+    cur = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    kl = (ref.exp() * (ref - cur.float().log_softmax(-1))).sum(-1)
+    total = (kl * valid).sum()
+    return total / valid.sum().clamp(min=1) if n_tokens is None else total / max(1, n_tokens)
+
+
 # ----------------------------------------------------------------------------------- DPO
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
@@ -148,7 +167,8 @@ def _assign_grad(flat: torch.Tensor, params: list[torch.Tensor]) -> None:
         i += n
 
 
-def loss_and_grad(model, batch: dict[str, torch.Tensor], params: list[torch.Tensor], parts: int = 1):
+def loss_and_grad(model, batch: dict[str, torch.Tensor], params: list[torch.Tensor], parts: int = 1,
+                  loss_fn=lm_loss):
     """(mean loss, flat gradient) of a global batch, computed in ``P`` row-strided parts (rows ``j::P``)
     whose gradients are summed: ``P = parts`` in one process (gradient accumulation: less memory per
     step), rounded up to a multiple of the process count under data parallelism, where each process
@@ -158,13 +178,13 @@ def loss_and_grad(model, batch: dict[str, torch.Tensor], params: list[torch.Tens
     w = dist.world()
     P = w.size * -(-max(1, parts) // w.size)
     if P == 1:
-        loss = lm_loss(model, batch)
+        loss = loss_fn(model, batch)
         return loss.detach(), _flat_grad(loss, params)
     n_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
     g = torch.zeros(sum(p.numel() for p in params))
     loss = torch.zeros(1)
     for j in range(w.rank, min(P, len(batch["input_ids"])), w.size):   # fewer rows than parts: some add nothing
-        part_loss = lm_loss(model, {k: v[j::P] for k, v in batch.items()}, n_tokens)
+        part_loss = loss_fn(model, {k: v[j::P] for k, v in batch.items()}, n_tokens)
         g += _flat_grad(part_loss, params)
         loss += part_loss.detach().float()
     dist.all_reduce_sum(g)
@@ -199,7 +219,8 @@ def train(model, tok, new: list[Example], retention: list[Example] | None, cfg: 
         loss_new, g_new = loss_and_grad(model, next(it_new), params, cfg.micro_batches)
         g_ret, loss_ret = None, None
         if it_ret is not None:
-            loss_ret, g_ret = loss_and_grad(model, next(it_ret), params, cfg.micro_batches)
+            loss_ret, g_ret = loss_and_grad(model, next(it_ret), params, cfg.micro_batches,
+                                            kl_retention_loss if cfg.retention_kl else lm_loss)
         g, info = combine(g_new, g_ret, cfg.surgery, cfg.retention_weight)
         norm = float(g.norm())
         if cfg.grad_clip and norm > cfg.grad_clip:

@@ -32,6 +32,11 @@ def test_strided_rows_and_3d_inputs():
     torch.testing.assert_close(skinny.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
     x3 = torch.randn(2, 3, 40, generator=g)
     torch.testing.assert_close(skinny.linear(x3, w), F.linear(x3, w), rtol=1e-5, atol=1e-5)
+    lin = torch.nn.Linear(40, 24)
+    skinny.patch(lin)
+    with torch.no_grad():
+        for odd in (x3[:1].expand(4, 3, 40), x3.transpose(0, 1), big[:, 1, :]):   # broadcast, transposed, strided
+            torch.testing.assert_close(lin(odd), F.linear(odd, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
 
 
 def test_a_row_is_the_same_in_any_batch():

@@ -91,7 +91,7 @@ def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
             or (bias is not None and (bias.dtype is not _F32 or not bias.is_contiguous()))):
         return torch.nn.functional.linear(x, w, bias)
     x2 = x.reshape(rows, k)
-    if x2.stride(1) != 1:
+    if x2.stride(1) != 1 or x2.stride(0) < k:       # broadcast rows (stride 0) or a transposed view: copy
         x2 = x2.contiguous()
     n = w.shape[0]
     y = torch.empty((rows, n), dtype=_F32)

@@ -55,3 +55,18 @@ def test_retention_kl_needs_lora():
         TrainConfig(lora_r=0, retention_kl=True)
     with pytest.raises(ConfigError, match="lora-r"):
         EvolveConfig(lora_r=0, retention_kl=True)
+
+
+def test_retention_windows_can_come_from_several_corpora():
+    from leanlm.eval.corpus import load_corpus, split_corpus
+    from leanlm.evolve.loop import corpus_examples
+
+    _, tok = _tiny()
+    plain = corpus_examples(tok, 3, n=10, seq_len=16)
+    assert plain == corpus_examples(tok, 3, n=10, seq_len=16, corpora="pydoc")   # '' is the default corpus
+    mixed = corpus_examples(tok, 3, n=10, seq_len=16, corpora="pydoc, fortunes")
+    assert len(mixed) == 10 and mixed[:5] == plain[:5]
+    fortunes = split_corpus(load_corpus("fortunes"), "calib")
+    assert all(e.completion.strip()[:8] in fortunes for e in mixed[5:])
+    with pytest.raises(ConfigError, match="unknown corpus"):
+        EvolveConfig(retention_corpus="pydoc,nope")

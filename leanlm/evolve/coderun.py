@@ -156,7 +156,7 @@ def code_generation(g: int, cfg, run: Path, recs: list[dict]) -> dict:
     tcfg = train_config(cfg, course, seed)
     hist, adapter_tmp = {"loss_new": []}, None
     if new and cfg.steps:
-        retention = corpus_examples(tok, seed, seq_len=cfg.retention_len)
+        retention = corpus_examples(tok, seed, seq_len=cfg.retention_len, corpora=cfg.retention_corpus)
         model = add_lora(model, tcfg) if cfg.lora_r else model
         hist = train(model, tok, new, retention, tcfg, progress=cfg.progress)
         if cfg.lora_r:

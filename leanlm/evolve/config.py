@@ -61,6 +61,8 @@ class EvolveConfig:
                                    "text (LoRA adapters off as the reference) instead of its LM loss, which "
                                    "pulls the model toward that corpus; needs --lora-r > 0")
     retention_len: int = _f(64, "chat: tokens per retention window of corpus text")
+    retention_corpus: str = _f("", "chat: comma-separated corpora whose calib halves give the retention windows "
+                                    "(pydoc, shakespeare, fortunes; '' = the default corpus)")
     replay: int = _f(64, "examples replayed from earlier generations' data")
     adversarial: float = _f(0.25, "share of problems mutated from the probe's failures")
     propose: int = _f(0, "problems the model proposes itself per generation (pyexpr; verifier-checked)")
@@ -137,6 +139,9 @@ class EvolveConfig:
         require(self.micro_batches >= 1, "micro_batches must be >= 1")
         require(not self.retention_kl or self.lora_r > 0, "--retention-kl needs LoRA (--lora-r > 0)")
         require(self.retention_len >= 2, "retention_len must be >= 2 tokens")
+        from ..eval.corpus import CORPORA
+        bad = [c for c in self.retention_corpus.split(",") if c.strip() and c.strip() not in CORPORA]
+        require(not bad, f"retention_corpus: unknown corpus {bad}; known: {sorted(CORPORA)}")
         require(self.dpo_steps >= 0, "dpo_steps must be >= 0")
         require(1 <= self.seed_digits < self.target_digits, "need 1 <= seed_digits < target_digits")
         require(self.max_jump >= 1 and self.max_difficulty >= 1, "max_jump, max_difficulty >= 1")

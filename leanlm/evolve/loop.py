@@ -86,7 +86,7 @@ def chat_start(cfg: EvolveConfig, run: Path, samplers: Samplers | None = None) -
            "decisions": ["generation 0: the model as loaded"]}
     data, lap = [], Laps()
     if cfg.safety_tune:
-        retention = corpus_examples(tok, cfg.seed, seq_len=cfg.retention_len)
+        retention = corpus_examples(tok, cfg.seed, seq_len=cfg.retention_len, corpora=cfg.retention_corpus)
         model, data, tuned = safety_tune.tune(model, tok, cfg, retention, gen_seed(cfg, 0))
         lap("safety_tune")
         rec.update(untuned=metrics, safety_tune=tuned,
@@ -164,7 +164,7 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict], samp
     kept = safety.replay_examples(safety_pool(run, tok, cfg), round(cfg.safety_replay * len(new)), seed) \
         if cfg.safety_replay and new else []
     new += kept
-    retention = corpus_examples(tok, seed, seq_len=cfg.retention_len)
+    retention = corpus_examples(tok, seed, seq_len=cfg.retention_len, corpora=cfg.retention_corpus)
     kl_scale, kl_why = controller.kl_lr_scale(parent["metrics"].get("kl"), cfg.kl_max)
     tcfg = train_config(cfg, course, seed, lr_extra=kl_scale)
     hist, adapter_tmp = {"loss_new": []}, None
@@ -211,13 +211,19 @@ def chat_generation(g: int, cfg: EvolveConfig, run: Path, recs: list[dict], samp
     return rec
 
 
-def corpus_examples(tok, seed: int, n: int = 256, seq_len: int = 64) -> list[Example]:
-    """Retention set for the chat recipe: seeded text windows from the corpus's calib half (never the
-    eval half that perplexity scores)."""
-    ids = tok(split_corpus(load_corpus(), "calib"), add_special_tokens=False)["input_ids"]
+def corpus_examples(tok, seed: int, n: int = 256, seq_len: int = 64, corpora: str = "") -> list[Example]:
+    """Retention set for the chat recipe: seeded text windows from the calib half of the corpus (never the
+    eval half that perplexity scores); ``corpora`` = comma-separated names (``eval.corpus.CORPORA``) shares
+    the ``n`` windows among them ('' = the default corpus alone, as every earlier run)."""
+    names = [c.strip() for c in corpora.split(",") if c.strip()] or [None]
     rng = random.Random(f"retention/{seed}")
-    starts = [rng.randrange(0, max(1, len(ids) - seq_len)) for _ in range(n)]
-    return [Example("", tok.decode(ids[s:s + seq_len])) for s in starts]
+    out = []
+    for k, name in enumerate(names):
+        ids = tok(split_corpus(load_corpus(name), "calib"), add_special_tokens=False)["input_ids"]
+        share = n // len(names) + (k < n % len(names))
+        starts = [rng.randrange(0, max(1, len(ids) - seq_len)) for _ in range(share)]
+        out += [Example("", tok.decode(ids[s:s + seq_len])) for s in starts]
+    return out
 
 
 def proposals(smp, cfg: EvolveConfig, seed: int, heldout) -> list:

@@ -137,6 +137,8 @@ def test_safety_tune_flag_selects_the_issue_19_recipe():
     cfg = preset("smollm2-135m", safety_tune=True)
     assert cfg.safety_tune and cfg.refusal_n > 0 and cfg.safety_replay > 0 and cfg.strict_verify
     assert "addmix:3" in cfg.skills and cfg.shifted_skills and cfg.ppl2_corpus
+    # retention by KL on text the second perplexity does not score
+    assert cfg.retention_kl and cfg.lora_r > 0 and cfg.ppl2_corpus not in cfg.retention_corpus.split(",")
     with pytest.raises(ValueError, match="refusal-n"):
         dataclasses.replace(cfg, refusal_n=0)
 

@@ -192,10 +192,13 @@ PRESETS: dict[str, EvolveConfig] = {
 # `leanlm evolve SPEC --safety-tune` (issue 19): the general skill (addmix: operands of any lengths 1..3)
 # instead of fixed-length families, a strict training verifier, a safety-tuned generation 0 with safety
 # replay in every generation, the safety gate on 96 held-out harmful + the held-out over-refusal prompts,
-# KL budget, perplexity on a second corpus, the shifted held-out set.
+# KL budget, perplexity on a second corpus, the shifted held-out set. Retention is KL to the model before the
+# training on windows of pydoc and fortunes (never the plays that the second perplexity scores): with the LM
+# loss on pydoc alone the safety tuning raised the plays' perplexity 9.6%, with this 0.1% less
+# (benchmarks/EVOLVE.md, evolve_runs/smollm2-safe-klmix).
 SAFE = dict(skills=("addmix:3", "sort:1"), headline_skills=("add:2", "add:3"), shifted_skills=("add:3",),
             strict_verify=True, ppl2_corpus="shakespeare", kl_texts=8, safety_tune=True, safety_replay=0.15,
-            refusal_n=96, kl_max=0.5)
+            refusal_n=96, kl_max=0.5, retention_kl=True, retention_corpus="pydoc,fortunes")
 
 
 # `leanlm evolve SPEC --recipe code` (issue 17): LoRA on the model's own fully passing programs of learnable

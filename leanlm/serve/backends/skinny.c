@@ -4,7 +4,8 @@
  * BLAS that PyTorch ships reaches ~40 GFLOPS on one core of this project's CPU (it is built for large
  * blocks), while the step is then bound by arithmetic, not by reading the weights; this kernel keeps a
  * 4 x 3 tile of dot products in registers (12 AVX2 accumulators; each weight vector loaded once and used
- * by 4 rows) and reaches ~85 GFLOPS, so a batch of 8 costs little more than reading the weights once.
+ * by 4 rows) and reaches ~85 GFLOPS on cache-resident matrices; with the weights streaming from memory a
+ * batch-8 SmolLM2 step costs ~1.5x a batch-1 step instead of ~1.9x (benchmarks/SERVE.md).
  *
  * Layout: W is nn.Linear's (out_features, in_features), row-major, as the model holds it (no repacking,
  * no extra memory). Rows of x and y have leading dimensions ldx / ldy. Any K (masked tail loads), any N.

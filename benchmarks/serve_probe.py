@@ -59,8 +59,9 @@ def step_cost(spec: str, dtype: str, steps: int, rounds: int, kernels: tuple[boo
             "step_ms_b1": ms[1], "step_ms_b8": ms[8], "cost_b8_over_b1": ms[8] / ms[1],
             "throughput_b8_over_b1": 8 * ms[1] / ms[8], **({"skinny_layers": layers} if k else {})}
     if len(kernels) == 2:
-        res["skinny_speedup_b8"] = statistics.median(a / b for a, b in zip(out[False, 8], out[True, 8]))
-        res["skinny_speedup_b1"] = statistics.median(a / b for a, b in zip(out[False, 1], out[True, 1]))
+        for batch in (1, 8):
+            res[f"skinny_speedup_b{batch}"] = statistics.median(
+                blas / kern for blas, kern in zip(out[False, batch], out[True, batch]))
     return res
 
 

@@ -9,13 +9,12 @@
  *
  * Layout: W is nn.Linear's (out_features, in_features), row-major, as the model holds it (no repacking,
  * no extra memory). Rows of x and y have leading dimensions ldx / ldy. Any K (masked tail loads), any N.
- * Threads: ``sk_linear`` splits the columns of W into ``parts`` and runs the part ``part`` - the caller
- * (one OS thread per part) decides how many. The summation order of a dot product does not depend on M,
- * the part, or the tile a column lands in, so a row's result is the same in any batch.
+ * One thread. The summation order of a dot product does not depend on M or on the tile a column lands in,
+ * so a row's result is the same in any batch.
  */
 #include <stdint.h>
 
-#define SK_ABI 1
+#define SK_ABI 2
 
 int sk_abi_version(void) { return SK_ABI; }
 
@@ -83,25 +82,24 @@ ROWS(2)
 ROWS(3)
 ROWS(4)
 
-/* Columns [N * part / parts, N * (part + 1) / parts) of y, all M rows. Returns 0, or -1 on bad sizes. */
+/* All of y (M x N). Returns 0, or -1 on bad sizes. */
 int sk_linear(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t ldy,
-              int64_t M, int64_t N, int64_t K, int part, int parts) {
-    if (M < 0 || N < 0 || K <= 0 || ldx < K || ldy < N || parts < 1 || part < 0 || part >= parts) return -1;
-    int64_t n0 = N * part / parts, n1 = N * (part + 1) / parts;
+              int64_t M, int64_t N, int64_t K) {
+    if (M < 0 || N < 0 || K <= 0 || ldx < K || ldy < N) return -1;
     int r = (int)(K & 7);
     __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     /* column blocks outermost: a block of W rows (~24 KiB) stays in L1 while every row tile uses it */
     int64_t NB = 3 * (6144 / K / 3);
     if (NB < 3) NB = 3;
-    for (int64_t b0 = n0; b0 < n1; b0 += NB) {
-        int64_t b1 = b0 + NB < n1 ? b0 + NB : n1;
+    for (int64_t b0 = 0; b0 < N; b0 += NB) {
+        int64_t b1 = b0 + NB < N ? b0 + NB : N;
         int64_t i = 0, ahead = NB;        /* the first pass over a block prefetches the next block */
         for (; i + 4 <= M; i += 4, ahead = 0)
-            rows_4(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, n1);
+            rows_4(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, N);
         switch (M - i) {
-            case 3: rows_3(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, n1); break;
-            case 2: rows_2(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, n1); break;
-            case 1: rows_1(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, n1); break;
+            case 3: rows_3(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, N); break;
+            case 2: rows_2(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, N); break;
+            case 1: rows_1(x + i * ldx, ldx, w, K, bias, y + i * ldy, ldy, b0, b1, m, ahead, N); break;
         }
     }
     return 0;

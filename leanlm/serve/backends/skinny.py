@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("skinny.c")
 FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
-ABI_VERSION = 1
+ABI_VERSION = 2
 MIN_ROWS, MAX_ROWS = 2, 16
 
 
@@ -40,8 +40,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib.sk_abi_version.restype = ctypes.c_int
     lib.sk_cpu_ok.restype = ctypes.c_int
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.sk_linear.argtypes = [p, i64, p, p, p, i64, i64, i64, i64, i32, i32]
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.sk_linear.argtypes = [p, i64, p, p, p, i64, i64, i64, i64]
     lib.sk_linear.restype = ctypes.c_int
     if lib.sk_abi_version() != ABI_VERSION or not lib.sk_cpu_ok():
         log.info("skinny matrix kernel not used (ABI %d, AVX2+FMA %s)", lib.sk_abi_version(), bool(lib.sk_cpu_ok()))
@@ -53,30 +53,33 @@ def available() -> bool:
     return os.environ.get("LEANLM_NO_SKINNY", "") in ("", "0") and _library() is not None
 
 
+_F32 = torch.float32
+
+
+def _product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The kernel call: fp32 CPU ``x`` (..., K), contiguous ``w`` (N, K) and ``bias`` (N,), already checked."""
+    k, n = w.shape[1], w.shape[0]
+    x2 = x.reshape(-1, k)
+    if x2.stride(1) != 1 or x2.stride(0) < k:       # broadcast rows (stride 0) or a transposed view: copy
+        x2 = x2.contiguous()
+    y = torch.empty((x2.shape[0], n), dtype=_F32)
+    if _library().sk_linear(x2.data_ptr(), x2.stride(0), w.data_ptr(), bias.data_ptr() if bias is not None else None,
+                            y.data_ptr(), n, x2.shape[0], n, k) != 0:
+        raise ValueError(f"skinny kernel refused x {tuple(x2.shape)} weight {tuple(w.shape)}")
+    return y.view(*x.shape[:-1], n)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for fp32 CPU tensors through the kernel (any number of rows)."""
-    lib = _library()
-    if lib is None:
+    if _library() is None:
         raise RuntimeError("the skinny matrix kernel is not available on this machine")
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+    if x.dtype != _F32 or weight.dtype != _F32 or x.device.type != "cpu":
         raise TypeError(f"skinny.linear takes fp32 CPU tensors, not {x.dtype} / {weight.dtype} on {x.device}")
-    k = weight.shape[1]
-    if x.shape[-1] != k:
-        raise ValueError(f"input has {x.shape[-1]} features, the weight takes {k}")
-    x2 = x.reshape(-1, k)
-    if x2.stride(1) != 1 or x2.stride(0) < k:
-        x2 = x2.contiguous()
-    w = weight if weight.is_contiguous() else weight.contiguous()
-    b = None
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight takes {weight.shape[1]}")
     if bias is not None:
-        b = bias if bias.is_contiguous() and bias.dtype == torch.float32 else bias.float().contiguous()
-    m, n = x2.shape[0], w.shape[0]
-    y = torch.empty((m, n), dtype=torch.float32)
-    rc = lib.sk_linear(x2.data_ptr(), x2.stride(0), w.data_ptr(), b.data_ptr() if b is not None else None,
-                       y.data_ptr(), n, m, n, k, 0, 1)
-    if rc != 0:
-        raise ValueError(f"skinny.linear refused shapes x {tuple(x2.shape)} weight {tuple(w.shape)}")
-    return y.reshape(*x.shape[:-1], n)
+        bias = bias if bias.is_contiguous() and bias.dtype == _F32 else bias.float().contiguous()
+    return _product(x, weight.contiguous(), bias)
 
 
 def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -90,18 +93,7 @@ def _forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
             or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             or (bias is not None and (bias.dtype is not _F32 or not bias.is_contiguous()))):
         return torch.nn.functional.linear(x, w, bias)
-    x2 = x.reshape(rows, k)
-    if x2.stride(1) != 1 or x2.stride(0) < k:       # broadcast rows (stride 0) or a transposed view: copy
-        x2 = x2.contiguous()
-    n = w.shape[0]
-    y = torch.empty((rows, n), dtype=_F32)
-    if _library().sk_linear(x2.data_ptr(), x2.stride(0), w.data_ptr(), bias.data_ptr() if bias is not None else None,
-                            y.data_ptr(), n, rows, n, k, 0, 1) != 0:
-        raise ValueError(f"skinny kernel refused x {tuple(x2.shape)} weight {tuple(w.shape)}")
-    return y.view(*x.shape[:-1], n)
-
-
-_F32 = torch.float32
+    return _product(x, w, bias)
 
 
 def patch(model: torch.nn.Module) -> int:

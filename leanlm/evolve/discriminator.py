@@ -1,8 +1,7 @@
 """Scoring answers: exact verifiers where they exist, an AI judge where they don't, and the data both yield.
 
 * ``verify``: the task family's exact checker (arithmetic, sorting, ...).
-* ``run_code``: Python code run against tests in a sandboxed subprocess (isolated interpreter, empty
-  environment, temporary working directory, CPU-time and address-space limits, wall-clock timeout).
+* Code is run against tests by ``eval.sandbox`` (the code recipe's verifier), not here.
 * ``judge``: a prompted model with a rubric answers YES/NO; ``agreement`` measures it against a verifier.
 * ``sft_examples`` / ``preference_pairs``: verified-correct answers become SFT data (STaR / ReST-EM),
   correct-versus-incorrect answers to one prompt become DPO pairs.
@@ -10,10 +9,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
 
 from ..eval.tasks import Problem, check, check_strict
 from .train import Example
@@ -28,70 +23,6 @@ def verify_strict(p: Problem, output: str) -> bool:
     """Strict: the reply is the answer (``tasks.check_strict``); the reward-hacking probes in
     tests/test_extract_strict.py are what it must score wrong."""
     return check_strict(p, output)
-
-
-# ------------------------------------------------------------------------------ sandboxed code runner
-@dataclass(frozen=True)
-class CodeResult:
-    status: str        # "pass", "fail" (a test's assertion failed), "error" (crash), "timeout", "memory"
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-
-_HARNESS = """
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
-resource.setrlimit(resource.RLIMIT_CPU, ({cpu}, {cpu}))
-resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-src = sys.stdin.read()
-code, tests = src.split("\\n#---TESTS---\\n", 1)
-ns = {{"__name__": "__sandbox__"}}
-try:
-    exec(compile(code, "<candidate>", "exec"), ns)
-except MemoryError:
-    sys.exit(4)
-except BaseException as e:
-    print(type(e).__name__ + ": " + str(e)[:200], file=sys.stderr); sys.exit(3)
-try:
-    exec(compile(tests, "<tests>", "exec"), ns)
-except AssertionError as e:
-    print("assertion failed: " + str(e)[:200], file=sys.stderr); sys.exit(2)
-except MemoryError:
-    sys.exit(4)
-except BaseException as e:
-    print(type(e).__name__ + ": " + str(e)[:200], file=sys.stderr); sys.exit(3)
-"""
-_EXIT = {0: "pass", 2: "fail", 3: "error", 4: "memory"}
-
-
-def run_code(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 256) -> CodeResult:
-    """Run ``code`` then ``tests`` (assert statements) in a fresh, isolated Python process.
-
-    Limits: ``timeout_s`` wall clock (the process is killed), the same in CPU seconds, ``memory_mb`` of
-    address space, 16 open files, 1 MiB file writes; ``python -I`` ignores the user's environment and
-    site-packages paths, the environment is empty and the working directory a temporary one."""
-    harness = _HARNESS.format(mem=memory_mb << 20, cpu=max(1, int(timeout_s + 0.999)))
-    with tempfile.TemporaryDirectory(prefix="leanlm-sandbox-") as cwd:
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-S", "-c", harness], input=code + "\n#---TESTS---\n" + tests,
-                                  capture_output=True, text=True, timeout=timeout_s, cwd=cwd, env={},
-                                  start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return CodeResult("timeout", f"killed after {timeout_s} s")
-    if proc.returncode in _EXIT:
-        status = _EXIT[proc.returncode]
-    elif proc.returncode < 0:   # killed by a signal: SIGXCPU means the CPU limit, SIGKILL/SEGV a crash
-        status = "timeout" if -proc.returncode == 24 else "error"
-    else:
-        status = "error"
-    detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-    if status == "error" and "MemoryError" in proc.stderr:
-        status = "memory"
-    return CodeResult(status, detail)
 
 
 def extract_code(text: str) -> str:

@@ -12,12 +12,14 @@ cluster the sampler is the engine (``--sampler openai|vllm``), not the trainers.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -48,9 +50,25 @@ def world() -> World:
 
             state = PartialState(cpu=True)
             _WORLD = World(state.process_index, state.num_processes)
+            atexit.register(_leave)
         else:
             _WORLD = World()
     return _WORLD
+
+
+def _leave() -> None:
+    """At exit: meet the other processes, then tear the group down. A process that exits while another
+    still holds its gloo connections can make that one abort ("terminate called without an active
+    exception"); so can a group left for the interpreter's shutdown to destroy."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=120))      # names a process that never arrives
+    except RuntimeError as e:
+        log.warning("leaving without the other processes: %s", e)
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -81,19 +81,26 @@ def render_int8(doc: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ vllm
-def part_vllm(dirs: list[str], max_new_tokens: int) -> dict:
+def part_vllm(dirs: list[str], max_new_tokens: int, dtypes: list[str]) -> dict:
     from leanlm.export.vllm import check_export
 
-    return {d: check_export(d, max_new_tokens) for d in dirs}
+    return {f"{d}@{t}": check_export(d, max_new_tokens, dtype=t) for t in dtypes for d in dirs}
 
 
 def render_vllm(doc: dict) -> None:
     from leanlm.report.tables import render_table
 
-    render_table("vLLM-CPU vs transformers, greedy, same export",
-                 ["export", "prompts same", "tokens matched", "vLLM load s", "vLLM generate s"],
+    def margins(v: dict) -> str:
+        m = v["teacher_forced"]["disagreement_margins"]
+        return ", ".join(f"{x:.3f}" for x in m[:6]) + (" ..." if len(m) > 6 else "") if m else "-"
+
+    render_table("vLLM-CPU vs transformers, same export, same dtype: greedy text, and top-1 teacher-forced",
+                 ["export @ dtype", "prompts same", "tokens matched", "top-1 agree (forced)",
+                  "transformers' margin where they split (nats)", "median margin", "vLLM load s"],
                  [[k, f"{v['same_text']}/{v['prompts']}", f"{v['tokens_matched']}/{v['tokens_total']}",
-                   str(v["vllm_load_seconds"]), str(v["vllm_generate_seconds"])] for k, v in doc.items()])
+                   f"{v['teacher_forced']['top1_agree']}/{v['teacher_forced']['positions']}", margins(v),
+                   str(v["teacher_forced"]["margin_median_all"]), str(v["vllm_load_seconds"])]
+                  for k, v in doc.items()])
 
 
 def main() -> int:
@@ -104,8 +111,10 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--calib-n", type=int, default=16)
     ap.add_argument("--json-dir", default=str(RESULTS))
-    ap.add_argument("--vllm-dirs", default="out/export/smol_W8A8,out/export/smol_W4A16",
-                    help="compressed-tensors exports to run in vLLM-CPU (leanlm export ... -o DIR first)")
+    ap.add_argument("--vllm-dirs", default="out/export/smol_dense,out/export/smol_W8A8,out/export/smol_W4A16",
+                    help="exports to run in vLLM-CPU (leanlm export ... -o DIR first; the dense one, "
+                         "`--to hf`, is the control: no quantisation, only the two engines' arithmetic)")
+    ap.add_argument("--vllm-dtypes", default="bf16,fp32", help="run both engines in each of these")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -117,7 +126,7 @@ def main() -> int:
         (out / "ct_int8.json").write_text(json.dumps(doc, indent=1))
         render_int8(doc)
     if "vllm" in parts:
-        doc = part_vllm(args.vllm_dirs.split(","), args.max_new_tokens)
+        doc = part_vllm(args.vllm_dirs.split(","), args.max_new_tokens, args.vllm_dtypes.split(","))
         (out / "vllm_greedy.json").write_text(json.dumps(doc, indent=1))
         render_vllm(doc)
     return 0

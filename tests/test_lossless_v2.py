@@ -265,9 +265,11 @@ def test_integer_codes_use_the_compiled_path():
     assert np.array_equal(codec.decode(enc), v) and enc.nbytes < 0.55 * v.nbytes   # entropy ~4.1 bits
 
 
-def _avx512_or_skip():
-    if cext.library() is None or not cext.supports("avx512"):
-        pytest.skip("the fused bf16 decoder needs the compiled decoder and AVX-512")
+def _fused_isa() -> str:
+    """The widest instruction set with a fused bf16 decoder here (AVX-512: also lock-step pairs)."""
+    if cext.library() is None or not cext.supports("avx2"):
+        pytest.skip("the fused bf16 decoder needs the compiled decoder and AVX2 or AVX-512")
+    return "avx512" if cext.supports("avx512") else "avx2"
 
 
 C = 1 << 16   # chunks large enough for max mode to code its 12-bit symbols
@@ -277,30 +279,31 @@ C = 1 << 16   # chunks large enough for max mode to code its 12-bit symbols
 def test_bf16_lock_step_pairs_match_the_scalar_decoder(n):
     """Neighbouring max-mode chunks decode two at a time (and a last odd or partial chunk alone): the same
     values as the scalar decoder, one thread or two."""
-    _avx512_or_skip()
+    isa = _fused_isa()
     v = sample("BF16", n, n)
     enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
     assert (enc.index[:-1, 0, 0] == codec.RANS32).all()
     assert np.array_equal(codec.decode(enc, isa="scalar"), v)
-    assert np.array_equal(codec.decode(enc, isa="avx512"), v)
-    assert np.array_equal(codec.decode(enc, isa="avx512", threads=2), v)
+    for fused in {isa, "avx2"}:
+        assert np.array_equal(codec.decode(enc, isa=fused), v)
+        assert np.array_equal(codec.decode(enc, isa=fused, threads=2), v)
 
 
 def test_bf16_chunk_with_a_dominant_symbol_takes_the_general_path():
     """A symbol of more than 1/16 of a chunk (here a third of the values are zero) does not fit the one-lookup
     table; that chunk decodes on the general path, its neighbours on the fused one, all bit-exact."""
-    _avx512_or_skip()
+    isa = _fused_isa()
     v = sample("BF16", 3 * C, 9)
     v[C:C + C // 3] = 0
     enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
     aux = enc.index[1, 0, 3]
     freq = enc.tables[aux + 2:aux + 2 + enc.tables[aux + 1]]
     assert freq.max() >= 1024 and (enc.index[:, 0, 0] == codec.RANS32).all()
-    assert np.array_equal(codec.decode(enc, isa="avx512"), v)
+    assert np.array_equal(codec.decode(enc, isa=isa), v) and np.array_equal(codec.decode(enc, isa="avx2"), v)
 
 
 def test_corrupt_second_chunk_of_a_pair_is_named():
-    _avx512_or_skip()
+    _fused_isa()
     v = sample("BF16", 4 * C, 11)
     enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
     words = enc.words.copy()

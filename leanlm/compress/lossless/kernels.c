@@ -306,6 +306,65 @@ static void rans_avx2(rans_state *st, const uint32_t *lut, uint32_t mask, int pb
     if (r < rounds) rans_scalar(st, lut, mask, pb, idx, rounds - r, 0);
 }
 
+/* AVX2, bf16 max fused (the AVX-512 path's design on 8-lane vectors): one table lookup per value as 8
+ * scalar loads, the renormalisation words placed by PERM8, the output pattern from the symbol by shifts,
+ * merged with the raw nibbles; returns the 8 values as 32-bit lanes (the caller packs two vectors). */
+__attribute__((target("avx2,bmi2,popcnt"), always_inline))
+static inline __m256i fused8(__m256i *xp, __m256i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
+                             int64_t *ptr, const uint8_t *nb) {
+    const __m256i m10 = _mm256_set1_epi32(0x3FF), one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
+    const __m128i lo4 = _mm_set1_epi8(15);
+    __m256i x = *xp;
+    uint32_t sl[8] __attribute__((aligned(32))), el[8] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)sl, _mm256_and_si256(x, vm));
+    for (int k = 0; k < 8; k++) el[k] = lut[sl[k]];
+    __m256i e = _mm256_load_si256((const __m256i *)el);
+    __m256i y = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(e, m10), _mm256_srl_epi32(x, sh)),
+                                 _mm256_and_si256(_mm256_srli_epi32(e, 10), m10));
+    __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), zero);
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + *ptr)));
+    words = _mm256_permutevar8x32_epi32(words, _mm256_loadu_si256((const __m256i *)PERM8[m]));
+    *xp = _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32(y, 16), words), need);
+    *ptr += __builtin_popcount(m);
+    __m256i sym = _mm256_srli_epi32(e, 20);
+    __m256i pat = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(sym, one), 15),
+                                  _mm256_slli_epi32(_mm256_srli_epi32(sym, 1), 4));
+    __m128i b = _mm_cvtsi32_si128(*(const int32_t *)nb);
+    __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
+    return _mm256_or_si256(pat, _mm256_cvtepu8_epi32(n));
+}
+
+/* 16 values (two vectors of 32-bit lanes, each < 2**16) -> 16 uint16 in order. */
+__attribute__((target("avx2"), always_inline))
+static inline void store16(uint16_t *o, __m256i a, __m256i b) {
+    __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+    _mm256_storeu_si256((__m256i *)o, p);
+}
+
+/* Returns the rounds done (it stops early where a whole round's words are not in bounds). */
+__attribute__((target("avx2,bmi2,popcnt")))
+static int64_t rans_avx2_fused(rans_state *st, const uint32_t *lut, uint32_t mask, int pb,
+                               const uint8_t *nb, uint16_t *o, int64_t rounds) {
+    __m256i x[4];
+    for (int v = 0; v < 4; v++) x[v] = _mm256_loadu_si256((const __m256i *)(st->x + 8 * v));
+    const __m256i vm = _mm256_set1_epi32((int)mask);
+    const __m128i sh = _mm_cvtsi32_si128(pb);
+    int64_t ptr = st->ptr, r = 0;
+    for (; r < rounds && ptr + LANES <= st->nw; r++) {
+        const uint8_t *b = nb + 16 * r;
+        __m256i p0 = fused8(&x[0], vm, lut, sh, st->w, &ptr, b);
+        __m256i p1 = fused8(&x[1], vm, lut, sh, st->w, &ptr, b + 4);
+        store16(o + 32 * r, p0, p1);
+        __m256i p2 = fused8(&x[2], vm, lut, sh, st->w, &ptr, b + 8);
+        __m256i p3 = fused8(&x[3], vm, lut, sh, st->w, &ptr, b + 12);
+        store16(o + 32 * r + 16, p2, p3);
+    }
+    for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)(st->x + 8 * v), x[v]);
+    st->ptr = ptr;
+    return r;
+}
+
 /* One AVX-512 rANS step of 16 lanes: slots s = x & mask -> the new states; the renormalisation words are
  * expanded into the lanes that need them (*ptr advances by their count). */
 __attribute__((target("avx512f,popcnt"), always_inline))
@@ -426,10 +485,15 @@ static int rans_end(const rans_state *st) {
  * multiple of 32, so value i is lane i % 32's): whole rounds straight into the destination, the rest
  * (rounds whose words reach the stream's end, the tail) scalar, same order. lut: rans_table_fused. */
 static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const uint8_t *nb, uint16_t *o,
-                            int64_t start, int64_t n) {
+                            int64_t start, int64_t n, int isa) {
     uint32_t mask = (1u << pb) - 1;
 #if LL_X86
-    start += rans_avx512_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
+    if (isa == ISA_AVX512)
+        start += rans_avx512_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
+    else if (isa == ISA_AVX2)
+        start += rans_avx2_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
+#else
+    (void)isa;
 #endif
     const uint16_t *w = st->nw ? st->w : &ZERO16;
     int64_t last = st->nw ? st->nw - 1 : 0, ptr = st->ptr;
@@ -447,11 +511,11 @@ static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const u
     st->ptr = ptr;
 }
 
-/* Is this chunk's field 0 the fused bf16 case? AVX-512, 16-bit values, a 12-bit coded field laid out as
+/* Is this chunk's field 0 the fused bf16 case? AVX-512 or AVX2, 16-bit values, a 12-bit coded field laid out as
  * bf16 max's (sign from symbol bit 0, bits 4-14 from the rest), one 4-bit raw field in bits 0-3. */
 static int fused_case(int isa, int width, int first, const uint32_t *patt0, int bits0, const raw_field *raw,
                       int nraw) {
-    if (!(isa == ISA_AVX512 && width == 2 && first && bits0 == 12 && nraw == 1 && raw[0].bits == 4)) return 0;
+    if (!((isa == ISA_AVX512 || isa == ISA_AVX2) && width == 2 && first && bits0 == 12 && nraw == 1 && raw[0].bits == 4)) return 0;
     for (uint32_t b = 0; b < 16; b++) if (raw[0].patt[b] != b) return 0;
     for (uint32_t v = 0; v < 4096; v++) if (patt0[v] != (((v & 1) << 15) | ((v >> 1) << 4))) return 0;
     return 1;
@@ -464,7 +528,7 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
     int err = rans_open(s, ns, &st);
     if (err) return err;
     if (fused) {                      /* decode + merge straight into the destination */
-        rans_fused_rest(&st, lut, pb, raw[0].bytes, (uint16_t *)out, 0, n);
+        rans_fused_rest(&st, lut, pb, raw[0].bytes, (uint16_t *)out, 0, n, isa);
         return rans_end(&st);
     }
     uint32_t mask = (1u << pb) - 1;
@@ -818,8 +882,8 @@ static int decode_pair(ll_job *ja, ll_job *jb, int isa, uint8_t *scratch) {
     int64_t ra_ = ja->n / LANES, rb_ = jb->n / LANES;
     int64_t done = rans_avx512_fused2(&sa, &sb, luta, lutb, (1u << pb) - 1, pb, ra[0].bytes, rb[0].bytes,
                                       (uint16_t *)ja->out, (uint16_t *)jb->out, ra_ < rb_ ? ra_ : rb_);
-    rans_fused_rest(&sa, luta, pb, ra[0].bytes, (uint16_t *)ja->out, done * LANES, ja->n);
-    rans_fused_rest(&sb, lutb, pb, rb[0].bytes, (uint16_t *)jb->out, done * LANES, jb->n);
+    rans_fused_rest(&sa, luta, pb, ra[0].bytes, (uint16_t *)ja->out, done * LANES, ja->n, isa);
+    rans_fused_rest(&sb, lutb, pb, rb[0].bytes, (uint16_t *)jb->out, done * LANES, jb->n, isa);
     ja->status = rans_end(&sa);
     jb->status = rans_end(&sb);
     return 0;

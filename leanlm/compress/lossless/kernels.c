@@ -277,11 +277,23 @@ static void perm8_init(void) {
     perm8_ready = 1;
 }
 
+/* The AVX2 renormalisation of 8 new states y: the lanes below RANS_L take the next words in lane order
+ * (one load + a PERM8 permutation); *ptr advances by their count. */
+__attribute__((target("avx2,bmi2,popcnt"), always_inline))
+static inline __m256i renorm8(__m256i y, const uint16_t *w, int64_t *ptr) {
+    __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), _mm256_setzero_si256());
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + *ptr)));
+    words = _mm256_permutevar8x32_epi32(words, _mm256_loadu_si256((const __m256i *)PERM8[m]));
+    *ptr += __builtin_popcount(m);
+    return _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32(y, 16), words), need);
+}
+
 __attribute__((target("avx2,bmi2,popcnt")))
 static void rans_avx2(rans_state *st, const uint32_t *lut, uint32_t mask, int pb, uint32_t *idx, int64_t rounds) {
     __m256i x[4];
     for (int v = 0; v < 4; v++) x[v] = _mm256_loadu_si256((const __m256i *)(st->x + 8 * v));
-    const __m256i vm = _mm256_set1_epi32((int)mask), lo16 = _mm256_set1_epi32(0xFFFF), zero = _mm256_setzero_si256();
+    const __m256i vm = _mm256_set1_epi32((int)mask), lo16 = _mm256_set1_epi32(0xFFFF);
     const __m128i sh = _mm_cvtsi32_si128(pb);
     int64_t ptr = st->ptr, r = 0;
     const uint16_t *w = st->w;
@@ -291,12 +303,7 @@ static void rans_avx2(rans_state *st, const uint32_t *lut, uint32_t mask, int pb
             __m256i e = _mm256_i32gather_epi32((const int *)lut, s, 4);
             __m256i y = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(e, lo16), _mm256_srl_epi32(x[v], sh)),
                                          _mm256_srli_epi32(e, 16));
-            __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), zero);
-            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
-            __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + ptr)));
-            words = _mm256_permutevar8x32_epi32(words, _mm256_loadu_si256((const __m256i *)PERM8[m]));
-            x[v] = _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32(y, 16), words), need);
-            ptr += __builtin_popcount(m);
+            x[v] = renorm8(y, w, &ptr);
             _mm256_storeu_si256((__m256i *)(idx + 8 * v), s);
         }
         idx += LANES;
@@ -308,12 +315,12 @@ static void rans_avx2(rans_state *st, const uint32_t *lut, uint32_t mask, int pb
 
 /* AVX2, bf16 max fused (the AVX-512 path's design on 8-lane vectors): one table lookup per value as 8
  * scalar loads assembled in registers by extract / insert (stores to a buffer and one vector load stall on
- * store forwarding, 6-8% slower; vpgatherdd ~5% slower), the renormalisation words placed by PERM8, the output pattern from the symbol by shifts,
- * merged with the raw nibbles; returns the 8 values as 32-bit lanes (the caller packs two vectors). */
+ * store forwarding, 6-8% slower; vpgatherdd ~5% slower), renorm8, the output pattern from the symbol by
+ * shifts, merged with the raw nibbles; returns the 8 values as 32-bit lanes (the caller packs two). */
 __attribute__((target("avx2,bmi2,popcnt"), always_inline))
 static inline __m256i fused8(__m256i *xp, __m256i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
                              int64_t *ptr, const uint8_t *nb) {
-    const __m256i m10 = _mm256_set1_epi32(0x3FF), one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
+    const __m256i m10 = _mm256_set1_epi32(0x3FF), one = _mm256_set1_epi32(1);
     const __m128i lo4 = _mm_set1_epi8(15);
     __m256i x = *xp;
     __m256i sv = _mm256_and_si256(x, vm);
@@ -331,12 +338,7 @@ static inline __m256i fused8(__m256i *xp, __m256i vm, const uint32_t *lut, __m12
     __m256i e = _mm256_inserti128_si256(_mm256_castsi128_si256(elo), ehi, 1);
     __m256i y = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(e, m10), _mm256_srl_epi32(x, sh)),
                                  _mm256_and_si256(_mm256_srli_epi32(e, 10), m10));
-    __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), zero);
-    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
-    __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + *ptr)));
-    words = _mm256_permutevar8x32_epi32(words, _mm256_loadu_si256((const __m256i *)PERM8[m]));
-    *xp = _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32(y, 16), words), need);
-    *ptr += __builtin_popcount(m);
+    *xp = renorm8(y, w, ptr);
     __m256i sym = _mm256_srli_epi32(e, 20);
     __m256i pat = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(sym, one), 15),
                                   _mm256_slli_epi32(_mm256_srli_epi32(sym, 1), 4));

@@ -289,6 +289,20 @@ def test_bf16_lock_step_pairs_match_the_scalar_decoder(n):
         assert np.array_equal(codec.decode(enc, isa=fused, threads=2), v)
 
 
+@pytest.mark.parametrize("pb", [10, 12, 15])
+def test_bf16_fused_tables_at_every_precision(pb):
+    """The fused table is filled in whole vectors that run past each symbol's slots (and past the last slot
+    into the scratch's slack): at 2**10 slots every chunk fits the one-lookup table, at 2**15 the table fills
+    its whole scratch; pairs and single chunks bit-exact on each fused instruction set."""
+    isa = _fused_isa()
+    v = sample("BF16", 3 * C + 32 * 5 + 3, pb)
+    enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C, prob_bits=pb))
+    assert (enc.index[:-1, 0, 0] == codec.RANS32).all()
+    for fused in {isa, "avx2"}:
+        assert np.array_equal(codec.decode(enc, isa=fused), v), (fused, pb)
+        assert np.array_equal(codec.decode(enc, isa=fused, threads=2), v), (fused, pb)
+
+
 def test_bf16_chunk_with_a_dominant_symbol_takes_the_general_path():
     """A symbol of more than 1/16 of a chunk (here a third of the values are zero) does not fit the one-lookup
     table; that chunk decodes on the general path, its neighbours on the fused one, all bit-exact."""

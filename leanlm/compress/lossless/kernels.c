@@ -198,12 +198,48 @@ static int rans_tables(const uint16_t *t, int64_t nt, int64_t at, const uint32_t
  * every frequency is below 2**10 (a symbol of at most 1/16 of the values at pb = 14: the rule for
  * exponent-and-mantissa symbols); returns 0, -1 when a frequency is too large (use rans_tables), or an
  * error code. */
-static int rans_table_fused(const uint16_t *t, int64_t nt, int64_t at, int alphabet, int pb, uint32_t *lut) {
+#if LL_X86
+/* The fused table's slots 16 at a time; each symbol's run is written in whole vectors (up to 15 slots past
+ * its end, overwritten by the next symbol's run or left in the slack past 2**pb: the scratch holds 2**15). */
+__attribute__((target("avx512f")))
+static void fill_fused_avx512(uint32_t *lut, const uint16_t *freq, int64_t cnt, int64_t lo) {
+    const __m512i iota = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 10);
+    const __m512i step = _mm512_set1_epi32(16 << 10);
+    uint32_t slot = 0;
+    for (int64_t k = 0; k < cnt; k++) {
+        uint32_t f = freq[k];
+        __m512i v = _mm512_add_epi32(_mm512_set1_epi32((int)(f | (uint32_t)(lo + k) << 20)), iota);
+        for (uint32_t b = 0; b < f; b += 16, v = _mm512_add_epi32(v, step))
+            _mm512_storeu_si512((void *)(lut + slot + b), v);
+        slot += f;
+    }
+}
+
+__attribute__((target("avx2")))
+static void fill_fused_avx2(uint32_t *lut, const uint16_t *freq, int64_t cnt, int64_t lo) {
+    const __m256i iota = _mm256_slli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), 10);
+    const __m256i step = _mm256_set1_epi32(8 << 10);
+    uint32_t slot = 0;
+    for (int64_t k = 0; k < cnt; k++) {
+        uint32_t f = freq[k];
+        __m256i v = _mm256_add_epi32(_mm256_set1_epi32((int)(f | (uint32_t)(lo + k) << 20)), iota);
+        for (uint32_t b = 0; b < f; b += 8, v = _mm256_add_epi32(v, step))
+            _mm256_storeu_si256((__m256i *)(lut + slot + b), v);
+        slot += f;
+    }
+}
+#endif
+
+static int rans_table_fused(const uint16_t *t, int64_t nt, int64_t at, int alphabet, int pb, uint32_t *lut, int isa) {
     int64_t lo, cnt;
     uint32_t fmax;
     int err = table_check(t, nt, at, alphabet, pb, &lo, &cnt, &fmax);
     if (err) return err;
     if (fmax >= 1024) return -1;
+#if LL_X86
+    if (isa == ISA_AVX512) { fill_fused_avx512(lut, t + at + 2, cnt, lo); return 0; }
+    if (isa == ISA_AVX2) { fill_fused_avx2(lut, t + at + 2, cnt, lo); return 0; }
+#endif
     uint32_t slot = 0;
     for (int64_t k = 0; k < cnt; k++) {
         uint32_t f = t[at + 2 + k], sym = (uint32_t)(lo + k) << 20;
@@ -414,18 +450,30 @@ static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int 
 }
 
 /* AVX-512, bf16 max fused: the rANS rounds and the merge in one loop, one table lookup per value (the
- * combined table of rans_table_fused) done as 16 scalar loads, which gcc turns into extract / insert
- * sequences: 1.3x a vpgatherdd on this Zen 4 (L2-resident chunks, quiet machine); out = pattern(symbol) |
- * nibble, pattern(sym) = sign (sym & 1) in bit 15, sym >> 1 in bits 4-14. */
+ * combined table of rans_table_fused) done as 16 scalar loads, not a vpgatherdd (microcoded on Zen 4). The
+ * slots go through memory: one vector store, eight 64-bit loads (two slots each; `volatile` keeps gcc from
+ * turning them back into 16 vpextrd + GPR/XMM moves, which cost 1.25x the time of the whole decode on
+ * MiniLM), and the entries are loaded straight into lanes (vmovd / vpinsrd). out = pattern(symbol) | nibble,
+ * pattern(sym) = sign (sym & 1) in bit 15, sym >> 1 in bits 4-14. (On AVX2 the same memory round trip was
+ * 6% slower than fused8's register extracts, so fused8 keeps those.) */
 __attribute__((target("avx512f,avx512bw,popcnt"), always_inline))
 static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
                               int64_t *ptr, const uint8_t *nb, uint16_t *o) {
     const __m128i lo4 = _mm_set1_epi8(15);
     const __m512i m10 = _mm512_set1_epi32(0x3FF), L = _mm512_set1_epi32(RANS_L), one = _mm512_set1_epi32(1);
-    uint32_t sl[16] __attribute__((aligned(64))), el[16] __attribute__((aligned(64)));
+    uint64_t sl[8] __attribute__((aligned(64)));
     _mm512_store_si512((void *)sl, _mm512_and_si512(x, vm));
-    for (int k = 0; k < 16; k++) el[k] = lut[sl[k]];
-    __m512i e = _mm512_load_si512((const void *)el);
+    const volatile uint64_t *vs = sl;
+    __m128i q[4];
+    for (int k = 0; k < 4; k++) {
+        uint64_t a = vs[2 * k], b = vs[2 * k + 1];
+        __m128i v = _mm_cvtsi32_si128((int)lut[(uint32_t)a]);
+        v = _mm_insert_epi32(v, (int)lut[a >> 32], 1);
+        v = _mm_insert_epi32(v, (int)lut[(uint32_t)b], 2);
+        q[k] = _mm_insert_epi32(v, (int)lut[b >> 32], 3);
+    }
+    __m512i e = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(q[0]), q[1], 1)),
+                                   _mm256_inserti128_si256(_mm256_castsi128_si256(q[2]), q[3], 1), 1);
     __m512i y = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(e, m10), _mm512_srl_epi32(x, sh)),
                                  _mm512_and_si512(_mm512_srli_epi32(e, 10), m10));
     __mmask16 need = _mm512_cmplt_epu32_mask(y, L);
@@ -789,7 +837,7 @@ int ll_abi_version(void) { return 4; }
 /* lut (2**15 u32) + smap (2**16 u32: also Huffman's symbol map) + idx (4 * HBLOCK + 64 u32) + Huffman lut;
  * a second lut for the partner chunk of a lock-step pair */
 #define LL_SCRATCH_ONE ((int64_t)((1 << 15) + (1 << 16) + HSTREAMS * HBLOCK + 64) * 4 + ((int64_t)8 << HBITS))
-#define LL_SCRATCH_BYTES (LL_SCRATCH_ONE + (int64_t)(1 << 15) * 4)
+#define LL_SCRATCH_BYTES (LL_SCRATCH_ONE + (int64_t)(1 << 15) * 4 + 64)   /* + the vector fills' overrun */
 int64_t ll_scratch_bytes(void) { return LL_SCRATCH_BYTES; }
 
 /* One chunk of one tensor to decode (all fields 8 bytes; the Python side builds arrays of these). */
@@ -855,7 +903,7 @@ static int64_t decode_job(const ll_job *j, int isa, uint8_t *scratch) {
             break;
         case M_RANS32: {
             int fz = fused_case(isa, width, first, p, j->bits[f], rf, nr);
-            err = fz ? rans_table_fused(j->tables, j->ntables, r[3], alphabet, pb, lut) : -1;
+            err = fz ? rans_table_fused(j->tables, j->ntables, r[3], alphabet, pb, lut, isa) : -1;
             if (err < 0) { fz = 0; err = rans_tables(j->tables, j->ntables, r[3], p, alphabet, pb, lut, smap); }
             if (!err) err = decode_rans32(w, r[2], lut, smap, fz, pb, n, j->out, width, first, rf, nr, isa, idx);
             break;
@@ -887,8 +935,8 @@ static int decode_pair(ll_job *ja, ll_job *jb, int isa, uint8_t *scratch) {
         !fused_case(isa, (int)jb->width, 1, jb->patt, jb->bits[0], rb, nb)) return 1;
     int pb = (int)ja->pb;
     uint32_t *luta = (uint32_t *)scratch, *lutb = (uint32_t *)(scratch + LL_SCRATCH_ONE);
-    if (rans_table_fused(ja->tables, ja->ntables, ja->rows[3], 1 << ja->bits[0], pb, luta) ||
-        rans_table_fused(jb->tables, jb->ntables, jb->rows[3], 1 << jb->bits[0], pb, lutb)) return 1;
+    if (rans_table_fused(ja->tables, ja->ntables, ja->rows[3], 1 << ja->bits[0], pb, luta, isa) ||
+        rans_table_fused(jb->tables, jb->ntables, jb->rows[3], 1 << jb->bits[0], pb, lutb, isa)) return 1;
     rans_state sa, sb;
     if (rans_open(ja->words + ja->rows[1], ja->rows[2], &sa) || rans_open(jb->words + jb->rows[1], jb->rows[2], &sb))
         return 1;                     /* decode_job reports the error */

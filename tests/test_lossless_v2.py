@@ -350,6 +350,37 @@ def test_decode_many_equals_decode_and_names_the_bad_item():
     assert e.value.item == 4
 
 
+def test_job_blocks_cover_every_row_once_on_even_cuts():
+    """Threads take blocks of whole jobs from a counter shared in C: the blocks tile the table, start on even
+    rows (lock-step pairs stay together) and hold about the asked number of values."""
+    rng = np.random.default_rng(0)
+    jobs = np.zeros((301, codec.JOB_FIELDS), np.int64)
+    jobs[:, codec.N] = rng.choice([384, 1536, 1 << 16, 1 << 18], size=301)
+    cuts = codec.job_blocks(jobs, 1 << 19)
+    assert cuts[0] == 0 and cuts[-1] == 301 and (np.diff(cuts) > 0).all()
+    assert (cuts[1:-1] % 2 == 0).all()
+    sizes = np.add.reduceat(jobs[:, codec.N], cuts[:-1])
+    assert sizes[:-1].max() <= (1 << 19) + 2 * (1 << 18) and np.median(sizes) >= 1 << 18
+
+
+def test_two_threads_decode_many_blocks_and_name_a_bad_chunk_in_either():
+    """Many blocks, taken by two threads in turn: bit-exact, and a corrupt chunk in any block is named."""
+    v = sample("BF16", 9 * C + 123, 21)
+    enc = codec.encode(v, LAYOUTS_V2["max"]["BF16"], CodecConfig(chunk_values=C))
+    old = codec.BLOCK_VALUES
+    try:
+        codec.BLOCK_VALUES = C
+        assert np.array_equal(codec.decode(enc, threads=2), v)
+        for bad_chunk in (1, 8):
+            words = enc.words.copy()
+            words[enc.index[bad_chunk, 0, 1] + enc.index[bad_chunk, 0, 2] // 2] ^= 0x5A5A5A5A
+            bad = codec.Encoded(words, enc.index, enc.tables, enc.layout, enc.count, enc.config)
+            with pytest.raises(codec.CodecError, match=f"chunk {bad_chunk} field 0"):
+                codec.decode(bad, threads=2)
+    finally:
+        codec.BLOCK_VALUES = old
+
+
 def test_wide_huffman_alphabet_is_bit_exact():
     """Huffman symbols wider than 8 bits take the 16-bit lookup entries (no built-in layout makes them)."""
     from leanlm.compress.lossless.layout import Layout

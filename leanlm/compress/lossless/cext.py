@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-strict-aliasing")
-ABI_VERSION = 4
+ABI_VERSION = 5
 ISAS = {"best": 0, "scalar": 1, "avx2": 2, "avx512": 3}
 ISA_NAMES = {v: k for k, v in ISAS.items()}
 ERR_ISA = 8
@@ -52,6 +52,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.ll_decode_jobs.argtypes = [p, i64, i32, p, i64]
     lib.ll_decode_jobs.restype = i64
+    lib.ll_decode_blocks.argtypes = [p, p, i64, p, i32, p, i64]
+    lib.ll_decode_blocks.restype = i64
     lib.ll_scratch_bytes.restype = i64
     lib.ll_cpu_isa.restype = i32
     lib.ll_abi_version.restype = i32

@@ -262,43 +262,46 @@ def scratch_buffer(lib) -> np.ndarray:
     return buf
 
 
-BLOCK_VALUES = 1 << 20   # values per block of jobs a decode thread takes at a time
+BLOCK_VALUES = 1 << 19   # values per block of jobs a decode thread takes at a time (two 2**18-value chunks)
+
+
+def job_blocks(jobs: np.ndarray, block_values: int | None = None) -> np.ndarray:
+    """Row boundaries cutting a job table into blocks of whole neighbouring jobs of about ``block_values``
+    values each (``cuts[b]:cuts[b + 1]`` is block b). Cuts fall on even rows: the decoder pairs neighbouring
+    chunks from the start of what it is given, so a block of full chunks decodes as whole pairs."""
+    block_values = block_values or BLOCK_VALUES
+    cum = np.cumsum(jobs[:, N])
+    cuts = np.searchsorted(cum, np.arange(block_values, cum[-1], block_values), side="right")
+    cuts = cuts + (cuts & 1)
+    return np.unique(np.concatenate([[0], cuts[cuts < jobs.shape[0]], [jobs.shape[0]]])).astype(np.int64)
 
 
 def run_jobs(jobs: np.ndarray, isa: int, threads: int = 1, lib=None) -> None:
-    """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads. The table
-    is cut into blocks of whole neighbouring jobs of about ``BLOCK_VALUES`` values (so chunk pairs stay
-    together) that the threads take in turn as they finish: a thread that drew cheap chunks (a large
-    tensor's) takes more blocks than one that drew many small tensors, so neither waits for the other. The
-    compiled decoder releases the GIL."""
+    """Decode a job table (C-contiguous; statuses land in its last column) on ``threads`` threads. With more
+    than one, the table is cut into blocks (``job_blocks``) that the threads take in turn from a counter
+    shared in C (``ll_decode_blocks``: one ctypes call per thread, no Python between blocks): a thread that
+    drew cheap chunks (a large tensor's) takes more blocks than one that drew many small tensors, so neither
+    waits for the other. The compiled decoder releases the GIL."""
     lib = lib or cext.library()
-
-    def run(part: np.ndarray) -> None:
-        if part.shape[0]:
-            sc = scratch_buffer(lib)
-            r = lib.ll_decode_jobs(part.ctypes.data, part.shape[0], isa, sc.ctypes.data, sc.size)
-            if r < 0:
-                part[:, STATUS] = -r
-
     threads = max(1, min(threads, jobs.shape[0]))
     if threads == 1:
-        run(jobs)
+        sc = scratch_buffer(lib)
+        r = lib.ll_decode_jobs(jobs.ctypes.data, jobs.shape[0], isa, sc.ctypes.data, sc.size)
+        if r < 0:
+            jobs[:, STATUS] = -r
         return
-    cum = np.cumsum(jobs[:, N])
-    cuts = np.unique(np.searchsorted(cum, np.arange(BLOCK_VALUES, cum[-1], BLOCK_VALUES), side="right"))
-    blocks = iter(np.split(jobs, cuts))      # row blocks of a C-contiguous table: contiguous views
-    lock = threading.Lock()
+    cuts = job_blocks(jobs)
+    counter = np.zeros(1, np.int64)
 
-    def worker() -> None:
-        while True:
-            with lock:
-                part = next(blocks, None)
-            if part is None:
-                return
-            run(part)
+    def run() -> None:
+        sc = scratch_buffer(lib)
+        r = lib.ll_decode_blocks(jobs.ctypes.data, cuts.ctypes.data, cuts.size - 1, counter.ctypes.data, isa,
+                                 sc.ctypes.data, sc.size)
+        if r < 0:
+            jobs[:, STATUS] = -r
 
-    futures = [pool(threads - 1).submit(worker) for _ in range(threads - 1)]
-    worker()   # the caller's thread works too
+    futures = [pool(threads - 1).submit(run) for _ in range(threads - 1)]
+    run()   # the caller's thread works too
     for f in futures:
         f.result()
 

@@ -6,6 +6,8 @@
  *
  *   ll_decode_jobs(jobs, njobs, isa, scratch, scratch_bytes)  ->  failed jobs (each job's status set:
  *                                                                 0, or field << 8 | error code)
+ *   ll_decode_blocks(jobs, cuts, nblocks, next, isa, scratch, scratch_bytes)  ->  the same, for blocks of
+ *                                                                 jobs that threads take in turn
  *
  * (ll_job below; scratch: ll_scratch_bytes() bytes of the caller's, one buffer per thread). Neighbouring
  * bf16 max-mode chunks decode two at a time in lock-step (four independent rANS state vectors), through a
@@ -832,7 +834,7 @@ int ll_cpu_isa(void) {
     return ISA_SCALAR;
 }
 
-int ll_abi_version(void) { return 4; }
+int ll_abi_version(void) { return 5; }
 
 /* lut (2**15 u32) + smap (2**16 u32: also Huffman's symbol map) + idx (4 * HBLOCK + 64 u32) + Huffman lut;
  * a second lut for the partner chunk of a lock-step pair */
@@ -981,4 +983,20 @@ int64_t ll_decode_jobs(ll_job *jobs, int64_t njobs, int isa, void *scratch, int6
         bad += jobs[i].status != 0;
     }
     return bad;
+}
+
+/* Blocks of jobs shared among threads: jobs[cuts[b] .. cuts[b + 1]) is block b; each calling thread (one
+ * ctypes call per thread, its own scratch) takes the next block from the shared counter *next until none is
+ * left, so a thread that drew cheap blocks takes more and the threads finish together (to within one
+ * block). Returns the number of failed jobs this thread decoded, or -E_MEM / -E_ISA before any work. */
+int64_t ll_decode_blocks(ll_job *jobs, const int64_t *cuts, int64_t nblocks, int64_t *next, int isa,
+                         void *scratch, int64_t scratch_bytes) {
+    if (resolve_isa(isa) < 0) return -E_ISA;
+    if (!scratch || scratch_bytes < LL_SCRATCH_BYTES) return -E_MEM;
+    int64_t bad = 0;
+    for (;;) {
+        int64_t b = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (b >= nblocks) return bad;
+        bad += ll_decode_jobs(jobs + cuts[b], cuts[b + 1] - cuts[b], isa, scratch, scratch_bytes);
+    }
 }

@@ -18,6 +18,7 @@ corpus. Resumable: a rerun with the same chunks and calibration keeps the types 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -102,7 +103,8 @@ def _resumable(out: Path, args) -> dict:
     if not out.is_file():
         return {}
     old = json.loads(out.read_text())
-    same = all(old.get("config", {}).get(k) == getattr(args, k) for k in ("chunks", "calib_windows", "method"))
+    same = all(old.get("config", {}).get(k, True) == getattr(args, k, True)
+               for k in ("chunks", "calib_windows", "method", "keep_grid"))
     return old.get("models", {}) if same else {}
 
 
@@ -143,11 +145,12 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, 
         moments = moments if moments is not None else calibrate(loaded[0], loaded[1], base_cfg)
         ours, theirs = mdir / f"leanlm-{qtype}.gguf", mdir / f"llama-{qtype}.gguf"
         cfg = GGUFExportConfig(qtype=qtype, calib=str(files["calib"]), calib_windows=args.calib_windows,
-                               reuse_source=False, method=args.method)
+                               reuse_source=False, method=args.method, keep_grid=args.keep_grid)
         exp = export_gguf(spec, ours, cfg, force=True, moments=moments, loaded=loaded)
         lc.quantize(f32, theirs, qtype, imatrix_file=imat)
         row = {"leanlm": score(ours, files, bases, chunks), "llama_quantize": score(theirs, files, bases, chunks),
                "leanlm_fallbacks": len(exp["fallbacks"]), "leanlm_type_counts": exp["type_counts"],
+               "leanlm_grid_tensors": exp["grid"],
                "leanlm_export_seconds": exp["seconds"]["total"]}
         if qtype in args.engine_types:
             row["engine_agreement"] = engine_agreement(ours, mdir, files, chunks)
@@ -170,9 +173,25 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, 
         from leanlm.models.specs import packaged_gguf_path
         doc["never_worse"]["source"] = score(packaged_gguf_path(spec), files, bases, chunks)
         src.unlink()
+        if args.keep_grid:   # the same export without copying: the grid found from the values alone
+            cfg = dataclasses.replace(cfg, reuse_source=False)
+            exp = export_gguf(spec, src, cfg, force=True, moments=moments, loaded=loaded)
+            doc["never_worse"]["leanlm_q4_1_grid"] = {**score(src, files, bases, chunks), "grid": exp["grid"],
+                                                      **same_tensors(src, packaged_gguf_path(spec))}
+            src.unlink()
     doc["seconds"] = round(doc.get("seconds", 0) + time.perf_counter() - t0, 1)
     save(doc)
     return doc
+
+
+def same_tensors(a: Path, b: Path) -> dict:
+    """How many of ``a``'s tensors have the same type and bytes in ``b``."""
+    import gguf
+    tb = {t.name: t for t in gguf.GGUFReader(str(b)).tensors}
+    ta = gguf.GGUFReader(str(a)).tensors
+    same = sum(t.name in tb and t.tensor_type == tb[t.name].tensor_type and
+               bytes(t.data.tobytes()) == bytes(tb[t.name].data.tobytes()) for t in ta)
+    return {"tensors_identical_to_source": same, "tensors": len(ta)}
 
 
 def goals(doc: dict) -> dict:
@@ -228,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows (both tools)")
     ap.add_argument("--method", default="rtn", choices=["rtn", "gptq"], help="leanlm's quantiser (see gguf.py)")
+    ap.add_argument("--no-keep-grid", dest="keep_grid", action="store_false",
+                    help="leanlm quantises every block, also those already on the type's grid (gguf_grid)")
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--engine-types", nargs="+", default=["Q8_0", "Q4_0"],
                     help="types also scored against their own dequantised weights run in float")

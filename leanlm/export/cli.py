@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--rtn-for", dest="rtn_for", default=None, metavar="CATS",
                    help="GGUF with --method gptq: tensor categories rounded without error feedback, e.g. "
                         "attn_v,ffn_down")
+    p.add_argument("--no-keep-grid", dest="keep_grid", action="store_const", const=False, default=None,
+                   help="GGUF: quantise every block, also those whose values already lie on the type's grid "
+                        "(by default such blocks are coded on it exactly)")
     p.add_argument("--group-size", type=int, default=None, help="compressed-tensors W4: group size")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", metavar="OUT", help="also write the result document here")

@@ -9,8 +9,10 @@ The recipe, top to bottom (``export_gguf``):
 3. calibrate: the second moment of every matrix's inputs on the calibration text (``gguf_calib``);
 4. quantise each matrix with importance-weighted scale search (``method="rtn"``, the default) or that
    plus GPTQ error feedback (``"gptq"``) in its block format (``gguf_quant``), pack the blocks in llama.cpp's layout (``kquants``; F16/BF16 by gguf-py);
+   a block whose values already lie on the type's grid is coded on that grid, found from the values and
+   verified bit for bit (``keep_grid``, ``gguf_grid``: exact, where a scale search only comes close);
    a tensor whose values equal the reference GGUF's and whose type is the same is copied block for block
-   (``reuse_source``: exact recovery of the source grid; off for like-for-like quantiser races);
+   (``reuse_source``: exact recovery of the source grid from its file; off for like-for-like races);
 5. write metadata (copied from the reference GGUF, else built from the HF config) and tensors atomically.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import gguf_quant as gq
+from .gguf_grid import grid_blocks
 from .gguf_source import (copy_metadata, dequantised, gguf_tensors, layout_for, load_float_model,
                           reference_gguf, source_blocks)
 from . import gguf_mix as mix
@@ -62,6 +65,10 @@ class GGUFExportConfig:
     damp: float = 0.01
     params_when_reached: bool = True  # GPTQ: each 32-block's scale searched when the sweep reaches it
     llama_weighting: bool = False     # importance diag(H) * sqrt(sigma2 + w^2) (llama.cpp's) instead of diag(H)
+    # blocks whose values lie exactly on the type's grid (a model decoded from a block format) are coded on
+    # it, found from the values, not from the source file (gguf_grid); others go to the quantiser. On
+    # Gemma 3 (a decoded Q4_K_M) every Q4_K_M tensor but three Q6_K ones is recovered whole
+    keep_grid: bool = True
     reuse_source: bool = True
     metadata_from: str | None = None  # a GGUF to copy metadata from (default: the source's own)
 
@@ -112,10 +119,16 @@ def rounding_method(cfg: GGUFExportConfig, name: str, shape: tuple[int, ...], H)
 def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GGUFExportConfig,
                     hinv_cache: dict, name: str = "") -> tuple[np.ndarray, float, torch.Tensor, str]:
     """Packed blocks (rows, bytes), the H-weighted relative error, the dequantised matrix and how it was
-    rounded (``rounding_method``)."""
+    rounded (``rounding_method``; ``grid`` where every block lay on the type's grid, ``+ grid k/n``
+    where some did)."""
     fmt = FORMATS[qtype]
     W = torch.from_numpy(arr)
     rows = W.shape[0]
+    on = None
+    if cfg.keep_grid:
+        grid, on = grid_blocks(arr, qtype)
+        if on.all():
+            return grid.reshape(rows, -1), 0.0, W.clone(), f"grid ({on.size} blocks)"
     how = rounding_method(cfg, name, arr.shape, H)
     if how == "gptq":
         key = id(H)
@@ -127,9 +140,14 @@ def quantise_tensor(arr: np.ndarray, qtype: str, H: torch.Tensor | None, cfg: GG
     else:
         res = gq.rtn(W, fmt, gq.importance(None if H is None else torch.diag(H), W.shape[1]),
                      llama_weighting=cfg.llama_weighting)
-    blocks = pack(qtype, res.fields(fmt)).reshape(rows, -1)
+    blocks, deq = pack(qtype, res.fields(fmt)), res.dequant
+    if on is not None and on.any():
+        blocks[on] = grid[on]
+        exact = torch.from_numpy(np.repeat(on.reshape(rows, -1), fmt.block, axis=1))   # (rows, cols)
+        deq = torch.where(exact, W, deq)
+        how += f" + grid ({int(on.sum())} of {on.size} blocks)"
     ref = gq.weighted_error(W, torch.zeros_like(W), H)
-    return blocks, gq.weighted_error(W, res.dequant, H) / max(ref, 1e-30), res.dequant, how
+    return blocks.reshape(rows, -1), gq.weighted_error(W, deq, H) / max(ref, 1e-30), deq, how
 
 
 def _reusable(src: dict, name: str, qtype: str, arr: np.ndarray) -> np.ndarray | None:
@@ -271,6 +289,7 @@ def export_gguf(spec: str, out: Path, cfg: GGUFExportConfig, force: bool = False
             "metadata_from": str(ref_path) if ref_path else "hf config", "metadata_keys": n_meta,
             "bits_per_weight": round(8 * sum(r["bytes"] for r in report.values()) / n_weights, 4),
             "fallbacks": {n: r["reason"] for n, r in report.items() if "fell back" in r["reason"]},
+            "grid": _grid_counts(report),
             "type_counts": _counts(report), "tensors": report,
             **({"est_loss_nats": sum(c.cost for c in chosen.values())} if chosen else {}),
             "seconds": {"calibrate": round(t_calib, 1), "total": round(time.perf_counter() - t0, 1)}}
@@ -307,6 +326,13 @@ def _write_and_replace(writer: gguf.GGUFWriter, tmp: str, out: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
     os.replace(tmp, out)
+
+
+def _grid_counts(report: dict) -> dict[str, int]:
+    """How many quantised tensors were coded on their values' own grid, whole or in part (``keep_grid``)."""
+    hows = [r["how"] for r in report.values() if r["type"] in FORMATS]
+    return {"whole": sum(h.startswith("grid") for h in hows), "part": sum("+ grid" in h for h in hows),
+            "quantised": len(hows)}
 
 
 def _counts(report: dict) -> dict[str, int]:

@@ -11,7 +11,6 @@ import json
 import logging
 import mmap
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -27,6 +26,11 @@ from . import codec, grid
 from . import format as fmt
 from .codec import CodecConfig, CodecError, Encoded
 from .layout import DTYPE_SIZES, INTEGERS, LAYOUTS, LAYOUTS_V2, PLAIN, Layout
+
+try:   # ISA-L's CRC-32 (the same values as zlib's, PCLMUL-folded): ~30 GB/s here against zlib's ~4
+    from isal.isal_zlib import crc32
+except ImportError:   # pragma: no cover - isal is a dependency; zlib is the portable fallback
+    from zlib import crc32
 
 log = logging.getLogger(__name__)
 TABLE_ZSTD_LEVEL = 19
@@ -161,7 +165,7 @@ def encode_tensor(span: TensorSpan, data: np.ndarray, cfg: CodecConfig, threads:
     With ``grids``, a bf16 tensor on per-block affine grids is stored as codes + block parameters when
     that is smaller than float coding."""
     meta = {"dtype": span.dtype, "shape": list(span.shape), "offsets": [span.begin, span.end], "sha256": _sha(data),
-            "crc32": zlib.crc32(data)}
+            "crc32": crc32(data)}
     if data.size == 0:
         return {**meta, "codec": fmt.EMPTY}, {}
     layout = _delta_layout(span.dtype, data.size, cfg.coder) if parent is not None else \
@@ -398,7 +402,7 @@ class ContainerReader:
         meta = self.tensors[name]
         crc = meta.get("crc32")
         if verify == "crc32" and isinstance(crc, int):
-            if zlib.crc32(res) != crc:
+            if crc32(res) != crc:
                 raise ContainerError(f"{self.path}: tensor '{name}': CRC-32 mismatch after decoding (corrupt data)")
         elif verify and _sha(res) != meta["sha256"]:
             raise ContainerError(f"{self.path}: tensor '{name}': checksum mismatch after decoding (corrupt data)")

@@ -107,13 +107,18 @@ def _legacy(x: np.ndarray, fmt: BlockFormat) -> tuple[dict, np.ndarray]:
     return fields, found
 
 
-def _fit_scales(S: np.ndarray, c: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit_scales(S: np.ndarray, c: np.ndarray, lo: int, hi: int, divide: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Integer sub-scales ``S / c`` (n, nsub) for a super-scale candidate ``c`` (n,), and per row whether
-    they are exact and in [lo, hi] with ``c`` an fp16."""
+    they are exact and in [lo, hi] with ``c`` an fp16. ``divide``: ``S`` is a step, a multiple of the
+    sub-scale where a sub-block's codes share a factor (all even, say); one past ``hi`` is divided by the
+    smallest factor that brings it in range (its codes grow by that factor, checked later)."""
     c = np.where(np.isfinite(c), c, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(S != 0, S / np.where(c != 0, c, 1.0)[:, None], 0.0)
     ri = np.round(r)
+    for t in range(2, 9) if divide else ():
+        over = (ri == r) & (ri > hi) & (ri % t == 0)
+        r, ri = np.where(over, r / t, r), np.where(over, ri / t, ri)
     ok = _f16_exact(c) & ((c != 0) | (S == 0).all(-1)) & ((ri == r) & (ri >= lo) & (ri <= hi)).all(-1)
     return np.where(ok[:, None], ri, 0).astype(np.int32), ok
 
@@ -130,7 +135,7 @@ def _kquant_asym(x: np.ndarray, fmt: BlockFormat) -> tuple[dict, np.ndarray]:
            "mn": np.zeros((n, nsub), np.int32), "q": np.zeros((n, nsub, fmt.sub), np.int32)}
     found = np.zeros(n, bool)
     for cd in (step.max(-1) / fmt.sc_max, _step(step)):
-        sc, ok_d = _fit_scales(step, cd, 0, fmt.sc_max)
+        sc, ok_d = _fit_scales(step, cd, 0, fmt.sc_max, divide=True)
         S = np.where(ok_d, cd, 0.0)[:, None] * sc                 # exact sub-scales
         for cm in (-lo.min(-1) / fmt.m_max, _step(-lo)):
             cm = np.where(np.isfinite(cm), cm, 0.0)
@@ -166,7 +171,7 @@ def _kquant_sym(x: np.ndarray, fmt: BlockFormat) -> tuple[dict, np.ndarray]:
     found = np.zeros(n, bool)
     g = _step(step)
     for cd in (smax / fmt.sc_min, -smax / fmt.sc_min, smax / fmt.sc_max, g, -g):
-        mag, ok_d = _fit_scales(step, np.abs(cd), 0, max(-fmt.sc_min, fmt.sc_max))
+        mag, ok_d = _fit_scales(step, np.abs(cd), 0, max(-fmt.sc_min, fmt.sc_max), divide=True)
         sc, q = np.zeros((n, nsub), np.int32), np.zeros(xs.shape, np.int32)
         sub_ok = np.zeros((n, nsub), bool)
         for sign in (1, -1):

@@ -67,7 +67,8 @@ class GGUFExportConfig:
     llama_weighting: bool = False     # importance diag(H) * sqrt(sigma2 + w^2) (llama.cpp's) instead of diag(H)
     # blocks whose values lie exactly on the type's grid (a model decoded from a block format) are coded on
     # it, found from the values, not from the source file (gguf_grid); others go to the quantiser. On
-    # Gemma 3 (a decoded Q4_K_M) every Q4_K_M tensor but three Q6_K ones is recovered whole
+    # Gemma 3 (a decoded Q4_K_M) all 127 matrices of its Q4_K_M plan are recovered whole
+    # (benchmarks/results/export/gguf_grid_blocks.json)
     keep_grid: bool = True
     reuse_source: bool = True
     metadata_from: str | None = None  # a GGUF to copy metadata from (default: the source's own)

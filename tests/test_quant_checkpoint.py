@@ -10,7 +10,7 @@ import leanlm
 from leanlm.compress.quant.api import compress_cli, load_model, quantize_model, save_quantized
 from leanlm.compress.quant.checkpoint import QuantCheckpointError, checkpoint_tensors, load_quantized
 from leanlm.compress.quant.config import Method, QuantConfig
-from leanlm.compress.quant.modules import Int4Linear, Int8Linear, W8A8Linear
+from leanlm.compress.quant.modules import Int4Linear, Int8BlockLinear, Int8Linear, W8A8Linear
 from leanlm.eval import EvalConfig, evaluate
 from leanlm.eval.memory import memory_bytes
 
@@ -18,6 +18,7 @@ SMALL = dict(calib_n=6, calib_seq_len=48, calib_batch=3, alpha_grid=(0.4, 0.6), 
              clip_grid=4, awq_tokens=128, clip_tokens=64, group_size=32)
 IDS = torch.randint(3, 90, (2, 40), generator=torch.Generator().manual_seed(0))
 KIND = {"int8": Int8Linear, "gptq-int8": Int8Linear, "awq-int8": Int8Linear, "w8a8": W8A8Linear, "smoothquant": W8A8Linear, "rtn-w4": Int4Linear,
+        "int8-block": Int8BlockLinear,
         "awq-w4": Int4Linear}
 
 

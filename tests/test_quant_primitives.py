@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from leanlm.compress.quant.modules import Int4Linear, Int8Linear, W8A8Linear
-from leanlm.compress.quant.primitives import (dequantize_int4, dequantize_int8, pack_int4, quantize_int4,
-                                              quantize_int8, quantize_per_token, sqnr_db, unpack_int4)
+from leanlm.compress.quant.modules import Int4Linear, Int8BlockLinear, Int8Linear, W8A8Linear
+from leanlm.compress.quant.primitives import (dequantize_int4, dequantize_int8, dequantize_int8_blocks, pack_int4,
+                                              quantize_int4, quantize_int8, quantize_int8_blocks, quantize_per_token,
+                                              sqnr_db, unpack_int4)
 
 
 def _weights(n=96, k=192, seed=0) -> torch.Tensor:
@@ -146,3 +147,44 @@ def test_dense_path_for_long_inputs_matches_kernel(kind):
     dense = m(x)
     m.dense_rows = 0
     torch.testing.assert_close(dense, m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [96, 100, 576])
+def test_int8_blocks_match_reference_and_beat_per_channel(k):
+    """Q8_0's grid: one scale per 32 values along K (a ragged last block of its own), codes as a float64
+    reference rounds them; finer scales than per channel, so a higher SQNR on weights with uneven rows."""
+    w = _weights(64, k)
+    w[:, :32] *= 8.0                              # one loud block per row: per-channel scales suffer
+    q, s = quantize_int8_blocks(w)
+    assert s.shape == (64, -(-k // 32)) and q.dtype == torch.int8
+    for a in range(0, k, 32):
+        blk = w[:, a:a + 32]
+        ref_s = blk.abs().amax(1) / 127
+        torch.testing.assert_close(s[:, a // 32].double(), ref_s, rtol=1e-6, atol=0)
+        assert (q[:, a:a + 32].double() - torch.round(blk / s[:, a // 32, None].double())).abs().max() <= 1
+    quiet = slice(32, None)                       # the other blocks: 8x finer steps than one scale per row
+    per_channel = dequantize_int8(*quantize_int8(w))
+    assert sqnr_db(w[:, quiet], dequantize_int8_blocks(q, s)[:, quiet]) > sqnr_db(w[:, quiet], per_channel[:, quiet]) + 12
+
+
+@pytest.mark.parametrize("k", [96, 100, 576])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_block_kernel_is_exact_on_its_halves(k, dtype):
+    """Two int4 kernel calls on the code's halves give the int8-block product (exact split); the codes and
+    scales come back exactly from the module (``tensors``) and rebuild an equal module."""
+    lin = _linear(64, k)
+    m = Int8BlockLinear.from_float(lin, dtype)
+    q, s = quantize_int8_blocks(lin.weight.detach(), scale_dtype=dtype)
+    t = m.tensors()
+    assert torch.equal(t["qweight"], q) and torch.equal(t["scale"].float(), s)
+    x = torch.randn(3, k)
+    ref = x.double() @ dequantize_int8_blocks(q, s).double().t() + lin.bias.double()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(m(x.to(dtype)).double(), ref, rtol=tol, atol=tol)
+    again = Int8BlockLinear.from_tensors(t, dtype)
+    assert torch.equal(again(x.to(dtype)), m(x.to(dtype)))
+    if m.hi.layout_known:                         # the dense path (long inputs) agrees with the kernel
+        xl = torch.randn(m.dense_rows + 8, k).to(dtype)
+        dense = m(xl)
+        m.dense_rows = 0
+        torch.testing.assert_close(dense.double(), m(xl).double(), rtol=tol, atol=tol)

@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "int8": "leanlm.compress.quant.api:compress_cli",
     "gptq-int8": "leanlm.compress.quant.api:compress_cli",
     "awq-int8": "leanlm.compress.quant.api:compress_cli",
+    "int8-block": "leanlm.compress.quant.api:compress_cli",
     "w8a8": "leanlm.compress.quant.api:compress_cli",
     "smoothquant": "leanlm.compress.quant.api:compress_cli",
     "rtn-w4": "leanlm.compress.quant.api:compress_cli",

@@ -34,7 +34,7 @@ def _dense_of(module: nn.Module) -> torch.Tensor | None:
     is read by probing: the module applied to the identity rows gives ``W.T`` (+ bias) exactly in float32.
     """
     from ..compress.lowrank.modules import LowRankLinear
-    from ..compress.quant.modules import Int4Linear, Int8Linear, W8A8Linear
+    from ..compress.quant.modules import Int4Linear, Int8BlockLinear, Int8Linear, W8A8Linear
     from ..compress.quant.primitives import INT4_MID
 
     if isinstance(module, nn.Linear) or not hasattr(module, "in_features"):
@@ -46,6 +46,8 @@ def _dense_of(module: nn.Module) -> torch.Tensor | None:
         return (module.codes().float() - INT4_MID) * sz[..., 0].t() + sz[..., 1].t()
     if isinstance(module, W8A8Linear):
         return module.qweight.float() * module.scale.float()[:, None]
+    if isinstance(module, Int8BlockLinear):   # its two int4 halves, each read exactly as above
+        return _dense_of(module.hi) + _dense_of(module.lo)
     if isinstance(module, LowRankLinear):
         return module.dense_weight(torch.float32)
     eye = torch.eye(module.in_features, dtype=torch.float32)
@@ -60,6 +62,8 @@ def densify(model: nn.Module, dtype: torch.dtype = torch.float32) -> list[str]:
     whole model to ``dtype``. Returns the names replaced."""
     replaced = []
     for name, module in list(model.named_modules()):
+        if any(name.startswith(r + ".") for r in replaced):   # a part of a module already replaced
+            continue
         w = _dense_of(module)
         if w is None:
             continue

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from ...config import from_dict, to_dict
 from ...fileio import atomic_directory, atomic_write_json, sha256_file
 from .config import QuantConfig
-from .modules import QUANT_MODULES, Int4Linear, _QuantLinear
+from .modules import QUANT_MODULES, Int4Linear, Int8BlockLinear, _QuantLinear
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,34 @@ class QuantCheckpointError(RuntimeError):
 
 def _module_entry(m: _QuantLinear) -> dict:
     return {"kind": m.kind, "in_features": m.in_features, "out_features": m.out_features,
-            "group": m.group if isinstance(m, Int4Linear) else None}
+            "group": m.group if isinstance(m, (Int4Linear, Int8BlockLinear)) else None}
+
+
+def owned_by(key: str, modules) -> bool:
+    """Is the state-dict ``key`` a tensor of one of ``modules`` (names), directly or of a child of one (an
+    ``Int8BlockLinear``'s two ``Int4Linear`` halves)?"""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in modules for i in range(1, len(parts)))
+
+
+def quant_modules(model: nn.Module) -> dict[str, _QuantLinear]:
+    """The integer modules of ``model`` by name, outermost only (the halves inside one are its own)."""
+    found: dict[str, _QuantLinear] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, _QuantLinear) and not owned_by(n + ".x", found):
+            found[n] = m
+    return found
 
 
 def checkpoint_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """All tensors to save (portable forms for quantised modules, tied storages once) and module entries."""
-    modules = {n: m for n, m in model.named_modules() if isinstance(m, _QuantLinear)}
+    modules = quant_modules(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
         tensors.update({f"{name}.{k}": v.detach().contiguous() for k, v in m.tensors().items()})
     seen: set[int] = set()
     for key, t in model.state_dict().items():
-        if key.rsplit(".", 1)[0] in modules:
+        if owned_by(key, modules):
             continue
         ptr = t.untyped_storage().data_ptr()
         if ptr in seen:   # tied weights (SmolLM2's lm_head is the embedding)
@@ -142,6 +158,6 @@ def load_floats(model: nn.Module, floats: dict[str, torch.Tensor], modules: dict
     """Load the float tensors; every tensor must be accounted for (a tied lm_head may be absent)."""
     missing, unexpected = model.load_state_dict(floats, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in modules and k not in tied]
+    missing = [k for k in missing if not owned_by(k, modules) and k not in tied]
     if missing or unexpected:
         raise QuantCheckpointError(f"{where}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")

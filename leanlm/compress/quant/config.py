@@ -15,13 +15,14 @@ class Method(str, enum.Enum):
     RTN_W4 = "rtn-w4"            # weight-only int4 group-wise asymmetric, round to nearest
     AWQ_W4 = "awq-w4"            # AWQ scale + clip search, then int4 as RTN_W4
     AWQ_INT8 = "awq-int8"        # AWQ's activation-aware scales (folded into the norms), then int8 as INT8
+    INT8_BLOCK = "int8-block"    # weight-only int8, one scale per block of 32 along K (Q8_0's grid)
 
 
 WEIGHT_BITS = {Method.INT8: 8, Method.GPTQ_INT8: 8, Method.AWQ_INT8: 8, Method.W8A8: 8, Method.SMOOTHQUANT: 8,
-               Method.RTN_W4: 4, Method.AWQ_W4: 4}
+               Method.RTN_W4: 4, Method.AWQ_W4: 4, Method.INT8_BLOCK: 8}
 CALIBRATED = (Method.SMOOTHQUANT, Method.AWQ_W4, Method.GPTQ_INT8, Method.AWQ_INT8)
 MODULE_KIND = {Method.INT8: "int8", Method.GPTQ_INT8: "int8", Method.AWQ_INT8: "int8", Method.W8A8: "w8a8", Method.SMOOTHQUANT: "w8a8", Method.RTN_W4: "int4",
-               Method.AWQ_W4: "int4"}
+               Method.AWQ_W4: "int4", Method.INT8_BLOCK: "int8-block"}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@
   scale and zero; ``aten._weight_int4pack_mm_for_cpu``. The kernel needs K divisible by the group, so
   when it is not (SmolLM2: K=576, group 128) the codes are padded to the next multiple with zero
   columns and the activations with zeros (the padding contributes exactly nothing).
+* ``Int8BlockLinear`` - int8 with one scale per block of 32 along K (Q8_0's grid). No CPU kernel of
+  torch takes group-wise int8 scales, so the code ``q + 128 = 16 h + l`` is split into two 4-bit halves
+  held as two ``Int4Linear`` s: ``q s = (h - 8) 16 s + (l - 8) s + 8 s``, i.e. the high half with scale
+  ``16 s`` and zero 0, the low half with scale ``s`` and zero ``8 s`` - exact, two int4 kernel calls.
 
 Weight-only kernels are GEMV-shaped: fast for decoding (a few rows), slower than the dense bf16 GEMM
 for long prompts. So for inputs of more than ``dense_rows`` rows (prefill, perplexity) the int8 / int4
@@ -23,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .primitives import (INT4_MID, n_groups, pack_int4, quantize_int4, quantize_int8, quantize_per_token,
-                         unpack_int4)
+from .primitives import (INT4_MID, INT8_BLOCK, n_groups, pack_int4, quantize_int4, quantize_int8,
+                         quantize_int8_blocks, quantize_per_token, unpack_int4)
 
 
 # Rows above which weight-only modules use dequantise + dense GEMM (see module doc). Measured crossovers on
@@ -206,6 +210,52 @@ class Int4Linear(_QuantLinear):
         return cls(codes, t["scale"].to(dtype), t["zero"].to(dtype), group, bias)
 
 
+class Int8BlockLinear(_QuantLinear):
+    """Weight-only int8, symmetric, one scale per block of ``group`` (32) values along K: two int4 halves
+    (see the module doc), so the memory is 8 bits a weight plus the scales and the kernel torch's int4 one."""
+
+    kind = "int8-block"
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 group: int = INT8_BLOCK, dense_rows: int = DENSE_ROWS_INT8) -> None:
+        super().__init__(qweight.shape[1], qweight.shape[0], bias)
+        self.group, self.dense_rows = group, dense_rows
+        u = qweight.to(torch.int16) + 128                                   # 1..255
+        s = scale.float()
+        dtype = scale.dtype
+        self.hi = Int4Linear((u >> 4).to(torch.uint8), (16 * s).to(dtype), torch.zeros_like(scale), group)
+        self.lo = Int4Linear((u & 15).to(torch.uint8), scale, (8 * s).to(dtype), group)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, dtype: torch.dtype, group: int = INT8_BLOCK) -> Int8BlockLinear:
+        q, s = quantize_int8_blocks(linear.weight.detach(), group, scale_dtype=dtype)
+        return cls(q, s.to(dtype), None if linear.bias is None else linear.bias.detach().to(dtype), group)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """Dense (N, padded K) weights: the halves summed in float32 (exact), then cast."""
+        return (self.hi.dequantized(torch.float32) + self.lo.dequantized(torch.float32)).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _flat(x, self.in_features)
+        if self.hi.layout_known and self.dense_rows and x2.shape[0] > self.dense_rows:
+            pad = self.hi.padded_in - self.in_features
+            y = F.linear(F.pad(x2, (0, pad)) if pad else x2, self.dequantized(x.dtype))
+        else:
+            y = self.hi(x2) + self.lo(x2)
+        return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        q = (self.hi.codes().to(torch.int16) * 16 + self.lo.codes().to(torch.int16) - 128).to(torch.int8)
+        return {"qweight": q, "scale": self.lo.scales_zeros[..., 0].t().contiguous(), **self._bias_dict()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], dtype: torch.dtype, group: int | None = None,
+                     **_) -> Int8BlockLinear:
+        bias = t.get("bias")
+        return cls(t["qweight"], t["scale"].to(dtype), None if bias is None else bias.to(dtype),
+                   group or INT8_BLOCK)
+
+
 def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Codes (N, K) int32 from the x86 CPU int4 kernel layout: (N/64, K, 32) bytes, low nibble = row j
     of the 64-row block, high nibble = row j + 32. Callers check the result against known codes."""
@@ -215,4 +265,5 @@ def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return torch.cat([p & 0x0F, p >> 4], dim=-1).permute(0, 2, 1).reshape(n, k)   # uint8
 
 
-QUANT_MODULES: dict[str, type[_QuantLinear]] = {m.kind: m for m in (Int8Linear, W8A8Linear, Int4Linear)}
+QUANT_MODULES: dict[str, type[_QuantLinear]] = {m.kind: m for m in (Int8Linear, W8A8Linear, Int4Linear,
+                                                                     Int8BlockLinear)}

@@ -3,6 +3,7 @@
 Conventions (weights are ``(out_features N, in_features K)``, as in ``nn.Linear``):
 
 * INT8 symmetric per output channel: ``w ~= q * scale``, ``q`` in [-127, 127], ``scale`` of shape (N,).
+* INT8 symmetric in blocks of 32 along K (llama.cpp's Q8_0 grid): ``w ~= q * scale``, ``scale`` (N, G).
 * INT4 asymmetric group-wise along K: ``w ~= (q - 8) * scale + zero``, ``q`` in [0, 15], ``scale`` and
   ``zero`` of shape (N, G) with ``G = ceil(K / group)``; the last group may be shorter than ``group``.
   This is the parametrisation of torch's int4 weight kernels (``zero`` is the value at mid-code 8,
@@ -40,6 +41,25 @@ def quantize_int8(w: torch.Tensor,
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
+
+
+INT8_BLOCK = 32
+
+
+def quantize_int8_blocks(w: torch.Tensor, group: int = INT8_BLOCK,
+                         scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> (q int8 (N, K), scale (N, G) float32): symmetric int8 with one scale per ``group``
+    values along K (the last group may be shorter), the grid of llama.cpp's Q8_0 at ``group=32``."""
+    n, k = w.shape
+    wg = _grouped(w.float(), group)
+    scale = _round_to((wg.abs().amax(dim=-1) / INT8_MAX).clamp(min=1e-8), scale_dtype)
+    q = torch.round(wg / scale[..., None]).clamp(-INT8_MAX, INT8_MAX)
+    return q.view(n, -1)[:, :k].to(torch.int8), scale
+
+
+def dequantize_int8_blocks(q: torch.Tensor, scale: torch.Tensor, group: int = INT8_BLOCK) -> torch.Tensor:
+    k = q.shape[1]
+    return q.float() * scale.float().repeat_interleave(group, dim=1)[:, :k]
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from ...models.arch import ArchSpec, ScaleGroup, arch_for, decoder_layers
 from . import awq, smoothquant
 from .calibrate import for_each_block, record_linear_inputs
 from .config import Method, QuantConfig
-from .modules import QUANT_MODULES, Int4Linear
+from .modules import QUANT_MODULES, Int4Linear, Int8BlockLinear
 from .primitives import fake_quantize_int4, fake_quantize_int8
 from .scaling import fold_into_norm, fold_into_producer_rows, scale_input_columns
 
@@ -186,6 +186,8 @@ def replace_linears(model: nn.Module, arch: ArchSpec, kind: str, group: int = 12
                 raise TypeError(f"{full} is a {type(lin).__name__}, not an nn.Linear (already quantised?)")
             if kind == "int4":
                 new = Int4Linear.from_float(lin, dtype, group, (clips or {}).get(full))
+            elif kind == "int8-block":
+                new = Int8BlockLinear.from_float(lin, dtype)
             elif codes is not None and full in codes:
                 q, s = codes[full]
                 bias = None if lin.bias is None else lin.bias.detach().to(dtype)

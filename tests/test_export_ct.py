@@ -44,6 +44,16 @@ def test_int8_channel_grid():
     assert float(((ctgrid.dequantize(q, s.float()) - w).abs() - s.float() * 0.5).max()) <= 1e-6
 
 
+def test_int8_group_grid_is_leanlms_int8_block_grid():
+    from leanlm.compress.quant.primitives import quantize_int8_blocks
+
+    w = torch.randn(8, 96) * torch.linspace(0.1, 3, 96)
+    q, s = ctgrid.quantize_int8_group(w, 32, torch.bfloat16)
+    q2, s2 = quantize_int8_blocks(w, 32, torch.bfloat16)
+    assert s.shape == (8, 3) and torch.equal(q, q2) and torch.equal(s.float(), s2)
+    assert float(((ctgrid.dequantize(q, s.float()) - w).abs().view(8, 3, 32) - s.float()[..., None] * 0.5).max()) <= 1e-6
+
+
 def test_group_fallback():
     assert ctgrid.group_size_for(576, 64) == 64
     assert ctgrid.group_size_for(608, 64) == 32
@@ -55,6 +65,7 @@ def test_group_fallback():
 SCHEMES = {  # scheme -> (compression format, num_bits, strategy, symmetric, activations)
     "W8A8": ("int-quantized", 8, "channel", True, True),
     "W8A16": ("pack-quantized", 8, "channel", True, False),
+    "W8A16-G32": ("pack-quantized", 8, "group", True, False),
     "W4A16": ("pack-quantized", 4, "group", False, False),
     "W4A16-RTN": ("pack-quantized", 4, "group", False, False),
 }
@@ -91,7 +102,7 @@ def test_config_is_what_compressed_tensors_expects(exports, name):
     scheme = next(iter(qc.config_groups.values()))
     w = scheme.weights
     assert (w.num_bits, w.strategy, w.symmetric) == (bits, strategy, symmetric)
-    assert w.group_size == (64 if bits == 4 else None)
+    assert w.group_size == (64 if bits == 4 else 32 if strategy == "group" else None)
     if acts:
         a = scheme.input_activations
         assert (a.num_bits, a.strategy, a.dynamic, a.symmetric) == (8, "token", True, True)

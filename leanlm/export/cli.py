@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (gguf) or directory")
     p.add_argument("--type", dest="qtype", default=None,
                    help="quantisation type: GGUF (F16, BF16, Q8_0, Q4_0, Q4_K_M, ...) or compressed-tensors "
-                        "scheme (W8A8, W8A16, W4A16)")
+                        "scheme (W8A8, W8A16, W8A16-G32, W4A16)")
     p.add_argument("--bpw", type=float, default=None, help="GGUF: whole-file bits-per-weight budget (mixed types)")
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text file (default: leanlm's mixed calibration corpus)")

@@ -1,4 +1,4 @@
-"""``leanlm export SRC --to compressed-tensors --type W8A8|W8A16|W4A16``: what llm-compressor writes.
+"""``leanlm export SRC --to compressed-tensors --type W8A8|W8A16|W8A16-G32|W4A16``: what llm-compressor writes.
 
 Steps (orchestration; the grids are in ``ctgrid.py``, the calibration math in ``compress/quant``):
 
@@ -7,7 +7,8 @@ Steps (orchestration; the grids are in ``ctgrid.py``, the calibration math in ``
    (alpha chosen by W8A8 calibration loss; smoothing folded into the preceding RMSNorms and, for
    up->down, into the producing linear), W4A16 runs AWQ (scales folded the same way, clip ratios kept);
    W8A16 and ``W4A16-RTN`` do not calibrate;
-3. round every block linear onto compressed-tensors' grid (int8 per channel, symmetric; int4 group 64
+3. round every block linear onto compressed-tensors' grid (int8 per channel or, W8A16-G32, per 32 along K,
+   symmetric; int4 group 64
    asymmetric with integer zero points, 32 where a width needs it) - ``lm_head`` stays dense;
 4. compress each linear with the package's own compressor for the scheme (``int-quantized`` for W8A8,
    ``pack-quantized`` otherwise), verify that the package decompresses exactly the weights we meant,
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..compress.quant.primitives import INT8_BLOCK
 from ..config import require, to_dict
 from ..fileio import atomic_directory
 from . import ctgrid
@@ -38,6 +40,7 @@ WEIGHTS = "model.safetensors"
 class Scheme(str, enum.Enum):
     W8A8 = "W8A8"            # int8 per-channel weights, dynamic per-token int8 activations (SmoothQuant)
     W8A16 = "W8A16"          # int8 per-channel weights only
+    W8A16_G32 = "W8A16-G32"  # int8 weights, one scale per 32 along K (leanlm's int8-block; Q8_0's grid)
     W4A16 = "W4A16"          # int4 group-wise asymmetric weights (AWQ)
     W4A16_RTN = "W4A16-RTN"  # the same grid, round to nearest, no calibration
 
@@ -57,7 +60,7 @@ class CTConfig:
 
     @property
     def bits(self) -> int:
-        return 8 if self.scheme in (Scheme.W8A8, Scheme.W8A16) else 4
+        return 8 if self.scheme in (Scheme.W8A8, Scheme.W8A16, Scheme.W8A16_G32) else 4
 
 
 def config_from_options(options: dict) -> CTConfig:
@@ -82,7 +85,10 @@ def ct_scheme(cfg: CTConfig, group: int | None, targets: list[str]):
     from compressed_tensors.quantization import (QuantizationArgs, QuantizationScheme, QuantizationStrategy,
                                                  QuantizationType)
 
-    if cfg.bits == 8:
+    if cfg.scheme is Scheme.W8A16_G32:
+        weights = QuantizationArgs(num_bits=8, type=QuantizationType.INT, strategy=QuantizationStrategy.GROUP,
+                                   group_size=group, symmetric=True, dynamic=False)
+    elif cfg.bits == 8:
         weights = QuantizationArgs(num_bits=8, type=QuantizationType.INT, strategy=QuantizationStrategy.CHANNEL,
                                    symmetric=True, dynamic=False)
     else:
@@ -162,6 +168,10 @@ def quantize_linears(model: nn.Module, cfg: CTConfig, clips: dict[str, torch.Ten
     out = {}
     for name, lin in block_linears(model).items():
         w = lin.weight.detach()
+        if cfg.scheme is Scheme.W8A16_G32:
+            q, s = ctgrid.quantize_int8_group(w, INT8_BLOCK, dtype)
+            out[name] = QuantLinear(q, s, None, INT8_BLOCK)
+            continue
         if cfg.bits == 8:
             q, s = ctgrid.quantize_int8_channel(w, dtype)
             out[name] = QuantLinear(q, s, None, None)
@@ -251,12 +261,14 @@ def export_model(model: nn.Module, tok, out: Path, cfg: CTConfig, overwrite: boo
 def leanlm_model(model: nn.Module, layers: dict[str, QuantLinear], cfg: CTConfig) -> nn.Module:
     """``model`` (scales folded) with each block linear replaced by leanlm's own integer module holding the
     exported codes: the reference that engines loading the export are compared against. Changes ``model``."""
-    from ..compress.quant.modules import Int4Linear, Int8Linear, W8A8Linear
+    from ..compress.quant.modules import Int4Linear, Int8BlockLinear, Int8Linear, W8A8Linear
 
     dtype = model.get_input_embeddings().weight.dtype
     for name, ql in layers.items():
         if cfg.scheme is Scheme.W8A8:
             new = W8A8Linear(ql.q, ql.scale.float().view(-1))
+        elif cfg.scheme is Scheme.W8A16_G32:
+            new = Int8BlockLinear(ql.q, ql.scale.to(dtype), group=ql.group)
         elif cfg.bits == 8:
             new = Int8Linear(ql.q, ql.scale.view(-1).to(dtype))
         else:   # leanlm's int4 grid: w = (c - 8) * s + z; ours: (q - zp) * s, so c = q + 8, z = -zp * s

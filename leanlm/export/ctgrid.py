@@ -36,6 +36,18 @@ def quantize_int8_channel(w: torch.Tensor, scale_dtype: torch.dtype
     return q, scale
 
 
+def quantize_int8_group(w: torch.Tensor, group: int, scale_dtype: torch.dtype
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) -> (q int8 (N, K) in [-127, 127], scale (N, G) in ``scale_dtype``), symmetric per group of K."""
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"width {k} is not a multiple of group {group}")
+    wg = w.float().view(n, k // group, group)
+    scale = (wg.abs().amax(dim=-1).clamp(min=1e-8) / INT8_MAX).to(scale_dtype)
+    q = torch.round(wg / scale.float()[..., None]).clamp(-INT8_MAX, INT8_MAX)
+    return q.view(n, k).to(torch.int8), scale
+
+
 def quantize_int4_group(w: torch.Tensor, group: int, scale_dtype: torch.dtype,
                         clip: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -51,17 +51,27 @@ typedef struct {
     const uint8_t *bytes;     /* packed words of the field */
     int bits;                 /* 1, 2, 4 or 8 */
     const uint32_t *patt;     /* value -> bits in the output */
+    int shift;                /* patt[v] == v << shift for every v (then merged by shifts), else -1 */
 } raw_field;
 
 /* ------------------------------------------------------------------------------ merge / raw */
 
-/* One raw field of 1, 2, 4 or 8 bits ORed into a block already holding the coded field (L1-resident). */
+/* One raw field of 1, 2, 4 or 8 bits ORed into a block already holding the coded field (L1-resident): a
+ * byte field whose pattern is a shift (fp32's low mantissa bytes) by shifts, which gcc vectorises (1.3x the
+ * whole fp32 decode; narrower fields by shifts measured slower than the table); the others through the
+ * pattern table. */
 #define RAW_LOOP(T, B)                                                                         \
     do {                                                                                       \
         const uint8_t *src = r->bytes;                                                         \
-        for (int64_t k = 0; k < cnt; k++) {                                                    \
-            int64_t i = base + k;                                                              \
-            o[k] |= (T)p[(src[(i * B) >> 3] >> ((i * B) & 7)) & ((1u << B) - 1)];              \
+        const int sh = r->shift;                                                               \
+        if (sh >= 0 && B == 8) {                                                               \
+            const uint8_t *s8 = src + base;                                                    \
+            for (int64_t k = 0; k < cnt; k++) o[k] |= (T)((T)s8[k] << sh);                     \
+        } else {                                                                               \
+            for (int64_t k = 0; k < cnt; k++) {                                                \
+                int64_t i = base + k;                                                          \
+                o[k] |= (T)p[(src[(i * B) >> 3] >> ((i * B) & 7)) & ((1u << B) - 1)];          \
+            }                                                                                  \
         }                                                                                      \
     } while (0)
 
@@ -853,6 +863,15 @@ typedef struct {
     int64_t status;                             /* set: 0, or field << 8 | error code */
 } ll_job;
 
+/* The shift s with patt[v] == v << s for every v < 2**bits, or -1. */
+static int pattern_shift(const uint32_t *patt, int bits) {
+    if (patt[1] == 0 || (patt[1] & (patt[1] - 1))) return -1;
+    int sh = __builtin_ctz(patt[1]);
+    if (sh + bits > 32) return -1;
+    for (uint32_t v = 0; v < (1u << bits); v++) if (patt[v] != v << sh) return -1;
+    return sh;
+}
+
 /* Validate a job; fill its raw fields when field 0 is coded and every other field raw 1/2/4/8 bits (they
  * merge in the same pass). Returns 0 or field << 8 | error; *fused, *nraw describe the fused case. */
 static int64_t job_check(const ll_job *j, raw_field *raw, int *nraw, int *fused) {
@@ -872,6 +891,7 @@ static int64_t job_check(const ll_job *j, raw_field *raw, int *nraw, int *fused)
         raw[*nraw].bytes = (const uint8_t *)(j->words + r[1]);
         raw[*nraw].bits = b;
         raw[*nraw].patt = j->patt + f * j->pstride;
+        raw[*nraw].shift = pattern_shift(raw[*nraw].patt, b);
         (*nraw)++;
     }
     if (!*fused) *nraw = 0;

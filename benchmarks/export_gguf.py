@@ -103,8 +103,9 @@ def _resumable(out: Path, args) -> dict:
     if not out.is_file():
         return {}
     old = json.loads(out.read_text())
-    same = all(old.get("config", {}).get(k, True) == getattr(args, k, True)
-               for k in ("chunks", "calib_windows", "method", "keep_grid"))
+    absent = {"keep_grid": True, "rtn_for": ""}     # what a JSON from before these options measured
+    same = all(old.get("config", {}).get(k, absent.get(k)) == getattr(args, k)
+               for k in ("chunks", "calib_windows", "method", "keep_grid", "rtn_for"))
     return old.get("models", {}) if same else {}
 
 
@@ -145,7 +146,8 @@ def run_model(spec: str, work: Path, files: dict[str, Path], args, prior: dict, 
         moments = moments if moments is not None else calibrate(loaded[0], loaded[1], base_cfg)
         ours, theirs = mdir / f"leanlm-{qtype}.gguf", mdir / f"llama-{qtype}.gguf"
         cfg = GGUFExportConfig(qtype=qtype, calib=str(files["calib"]), calib_windows=args.calib_windows,
-                               reuse_source=False, method=args.method, keep_grid=args.keep_grid)
+                               reuse_source=False, method=args.method, keep_grid=args.keep_grid,
+                               rtn_for=tuple(c for c in args.rtn_for.split(",") if c))
         exp = export_gguf(spec, ours, cfg, force=True, moments=moments, loaded=loaded)
         lc.quantize(f32, theirs, qtype, imatrix_file=imat)
         row = {"leanlm": score(ours, files, bases, chunks), "llama_quantize": score(theirs, files, bases, chunks),
@@ -247,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=32, help="256-token chunks scored per corpus")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows (both tools)")
     ap.add_argument("--method", default="rtn", choices=["rtn", "gptq"], help="leanlm's quantiser (see gguf.py)")
+    ap.add_argument("--rtn-for", default="", metavar="CATS",
+                    help="with --method gptq: tensor categories rounded without error feedback (attn_v,ffn_down)")
     ap.add_argument("--no-keep-grid", dest="keep_grid", action="store_false",
                     help="leanlm quantises every block, also those already on the type's grid (gguf_grid)")
     ap.add_argument("--speed-rounds", type=int, default=3)

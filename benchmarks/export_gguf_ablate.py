@@ -14,6 +14,8 @@ windows of the same ``mix`` text, both tools), llama-imatrix + llama-quantize ag
 - ``rtn-llamaw``: the same with llama.cpp's weighting: the closest to llama-quantize's own method;
 - ``gptq-damp0.1``: ten times GPTQ's usual dampening;
 - ``gptq-rtn-v-down``: GPTQ, but ``attn_v`` and ``ffn_down`` rounded without error feedback;
+- ``grid``: ``rtn`` with ``keep_grid`` (blocks already on the type's grid coded on it; every other variant
+  runs with ``keep_grid=False``, as all of them did before that option existed);
 
 each scored by ``llama-perplexity`` (context 256) on the pydoc eval half and GPL-3, with KL and top-1
 against the F32 logits. The extra variants run at ``--detail-windows`` only; ``--no-imatrix-row`` adds
@@ -52,6 +54,7 @@ VARIANTS = {
     "rtn-llamaw": {"method": "rtn", "llama_weighting": True},
     "gptq-damp0.1": {"method": "gptq", "damp": 0.1},
     "gptq-rtn-v-down": {"method": "gptq", "rtn_for": ("attn_v", "ffn_down")},
+    "grid": {"keep_grid": True},     # the default rtn, with blocks already on the type's grid coded on it
 }
 
 
@@ -98,7 +101,9 @@ def run(args) -> dict:
             lc.imatrix(f32, files["calib"], imat, ctx=512, chunks=w)
             lc.quantize(f32, theirs, args.type, imatrix_file=imat)
             add("llama-quantize + imatrix", w, theirs)
-        base = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False)
+        # rounding against rounding: no variant codes a block on a grid it finds in the values except "grid"
+        base = GGUFExportConfig(qtype=args.type, calib=str(files["calib"]), calib_windows=w, reuse_source=False,
+                                keep_grid=False)
         names = [n for n in (args.variants if w in args.detail_windows else ["gptq"])
                  if (f"leanlm {n}", w) not in done]
         moments = calibrate(loaded[0], loaded[1], base) if names else None

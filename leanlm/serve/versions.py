@@ -55,11 +55,13 @@ def _trim_heap() -> None:
 
 
 def _lower_priority(nice: int) -> None:
-    """Give the calling thread (and threads it starts) nice value ``nice`` (Linux: niceness is per thread)."""
+    """Lower the calling thread (and threads it starts) by ``nice`` below the priority it started with, at most
+    to 19 (Linux: niceness is per thread), so a server that is itself niced still loads below its decode loop."""
     if nice <= 0 or not hasattr(os, "setpriority"):
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except OSError as e:                      # not permitted here: load at normal priority
         log.warning("could not lower the loader thread's priority: %s", e)
 

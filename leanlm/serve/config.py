@@ -37,8 +37,9 @@ class ServeConfig:
     max_n: int = _f(8, "largest n (choices per request) accepted")
     max_body_bytes: int = _f(1 << 20, "largest request body accepted, in bytes")
     max_loaded: int = _f(3, "versions held in memory at once (current, canary, pinned @gen-K)")
-    load_nice: int = _f(10, "nice increment of the thread that loads new versions over the server's own (0 = same priority as "
-                            "decoding): a swap then takes idle cores, not the decode loop's (Linux; see SERVE.md)")
+    load_nice: int = _f(10, "nice increment of the thread that loads new versions over the server's own "
+                            "(0 = same priority as decoding): a swap then takes idle cores, not the decode "
+                            "loop's (Linux; see SERVE.md)")
     ledger: str | None = _f(None, "JSONL file recording every version change (default RUN/serve-ledger.jsonl "
                                   "for a run)")
     name: str | None = _f(None, "model name clients use (default: the run directory's or spec's name)")

@@ -399,7 +399,7 @@ def decode_many(items: list[tuple[Encoded, np.ndarray]], threads: int = 1, isa: 
     pair's index; a ``CodecError``) or ``ExtensionUnavailable``."""
     code = cext.requested_isa(isa)
     lib = cext.library()
-    tables, owner, chunk = [], [], []
+    templates, ptrs, owner = [], [], []
     for k, (enc, out) in enumerate(items):
         if not (enc.count and compiled(enc, lib)):    # empty, or numba-only: on its own
             try:
@@ -408,18 +408,23 @@ def decode_many(items: list[tuple[Encoded, np.ndarray]], threads: int = 1, isa: 
                 raise ItemError(k, e) from e
             continue
         _check_target(enc, out)
-        tables.append(c_jobs(enc, out.reshape(-1)))
-        owner.append(np.full(tables[-1].shape[0], k))
-        chunk.append(np.arange(tables[-1].shape[0]))
-    if not tables:
+        templates.append(_job_template(enc))
+        ptrs.append(out.ctypes.data)
+        owner.append(k)
+    if not templates:
         return
-    jobs = np.concatenate(tables)
+    # one table: the templates back to back, each row's destination offset moved onto its array (the Python
+    # work here is serial, so it is kept to a concatenation and one vector add: it bounds the 2-thread gain)
+    rows = np.array([t.shape[0] for t in templates])
+    jobs = np.concatenate(templates)
+    jobs[:, OUT] += np.repeat(np.array(ptrs, np.int64), rows)
     run_jobs(jobs, code, threads, lib)
     err = job_error(jobs)
     if err is not None:
         row, c, field = err
-        k = int(np.concatenate(owner)[row])
-        e = _chunk_error(items[k][0], isa, int(np.concatenate(chunk)[row]), c, field)
+        i = int(np.searchsorted(np.cumsum(rows), row, side="right"))
+        k = owner[i]
+        e = _chunk_error(items[k][0], isa, row - int(rows[:i].sum()), c, field)
         raise ItemError(k, e) if isinstance(e, CodecError) else e
 
 

@@ -303,6 +303,26 @@ def test_bf16_fused_tables_at_every_precision(pb):
         assert np.array_equal(codec.decode(enc, isa=fused, threads=2), v), (fused, pb)
 
 
+@pytest.mark.parametrize("n", [4 * C, 3 * C + 77])
+def test_fp16_fused_path_matches_the_scalar_decoder(n):
+    """fp16 max chunks (10-bit symbols, a 4-bit and a 2-bit raw field) take the fused AVX-512 path, in
+    lock-step pairs and alone (odd and partial last chunks): the same values as the scalar decoder, and a
+    corrupt chunk is still named."""
+    if cext.library() is None or not cext.supports("avx512"):
+        pytest.skip("the fused fp16 decoder needs the compiled decoder and AVX-512")
+    v = sample("F16", n, n)
+    enc = codec.encode(v, LAYOUTS_V2["max"]["F16"], CodecConfig(chunk_values=C))
+    assert (enc.index[:-1, 0, 0] == codec.RANS32).all() and (enc.index[:-1, 1:, 0] == codec.RAW).all()
+    assert np.array_equal(codec.decode(enc, isa="scalar"), v)
+    for threads in (1, 2):
+        assert np.array_equal(codec.decode(enc, isa="avx512", threads=threads), v)
+    words = enc.words.copy()
+    words[enc.index[1, 0, 1] + enc.index[1, 0, 2] // 2] ^= 0x5A5A5A5A
+    bad = codec.Encoded(words, enc.index, enc.tables, enc.layout, enc.count, enc.config)
+    with pytest.raises(codec.CodecError, match="chunk 1 field 0"):
+        codec.decode(bad, isa="avx512")
+
+
 def test_bf16_chunk_with_a_dominant_symbol_takes_the_general_path():
     """A symbol of more than 1/16 of a chunk (here a third of the values are zero) does not fit the one-lookup
     table; that chunk decodes on the general path, its neighbours on the fused one, all bit-exact."""

@@ -37,6 +37,7 @@
 enum { M_CONST = 0, M_RAW = 1, M_RANS64 = 2, M_RANS32 = 3, M_HUFF = 4 };
 enum { E_SHORT = 1, E_STATE = 2, E_TABLE = 3, E_RAW = 4, E_MODE = 5, E_RANGE = 6, E_MEM = 7, E_ISA = 8 };
 enum { ISA_BEST = 0, ISA_SCALAR = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+enum { FUSED_BF16 = 1, FUSED_F16 = 2 };   /* fused_case's answers */
 
 #define LANES 32
 #define RANS_L (1u << 16)
@@ -470,7 +471,7 @@ static void rans_avx512(rans_state *st, const uint32_t *lut, uint32_t mask, int 
  * 6% slower than fused8's register extracts, so fused8 keeps those.) */
 __attribute__((target("avx512f,avx512bw,popcnt"), always_inline))
 static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128i sh, const uint16_t *w,
-                              int64_t *ptr, const uint8_t *nb, uint16_t *o) {
+                              int64_t *ptr, const uint8_t *nb, const uint8_t *tb, uint16_t *o, const int kind) {
     const __m128i lo4 = _mm_set1_epi8(15);
     const __m512i m10 = _mm512_set1_epi32(0x3FF), L = _mm512_set1_epi32(RANS_L), one = _mm512_set1_epi32(1);
     uint64_t sl[8] __attribute__((aligned(64)));
@@ -494,7 +495,14 @@ static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128
     x = _mm512_mask_mov_epi32(y, need, _mm512_or_si512(_mm512_slli_epi32(y, 16), words));
     __m512i sym = _mm512_srli_epi32(e, 20);
     __m512i pat = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(sym, one), 15),
-                                  _mm512_slli_epi32(_mm512_srli_epi32(sym, 1), 4));
+                                  _mm512_slli_epi32(_mm512_srli_epi32(sym, 1), kind == FUSED_F16 ? 6 : 4));
+    if (kind == FUSED_F16) {          /* the 2-bit field (bits 4-5): 16 values in 4 bytes, 2 bits each */
+        uint32_t t;
+        memcpy(&t, tb, 4);
+        const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        __m512i two = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)t), shifts), _mm512_set1_epi32(3));
+        pat = _mm512_or_si512(pat, _mm512_slli_epi32(two, 4));
+    }
     __m128i b = _mm_loadl_epi64((const __m128i *)nb);
     __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
     pat = _mm512_or_si512(pat, _mm512_cvtepu8_epi32(n));
@@ -505,15 +513,21 @@ static inline __m512i fused16(__m512i x, __m512i vm, const uint32_t *lut, __m128
 /* Returns the rounds done (it stops early where a whole round's words are not in bounds). */
 __attribute__((target("avx512f,avx512bw,popcnt")))
 static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, uint32_t mask, int pb,
-                                 const uint8_t *nb, uint16_t *o, int64_t rounds) {
+                                 const uint8_t *nb, const uint8_t *tb, uint16_t *o, int64_t rounds, int kind) {
     __m512i x0 = _mm512_loadu_si512((const void *)st->x), x1 = _mm512_loadu_si512((const void *)(st->x + 16));
     const __m512i vm = _mm512_set1_epi32((int)mask);
     const __m128i sh = _mm_cvtsi32_si128(pb);
     int64_t ptr = st->ptr, r = 0;
-    for (; r < rounds && ptr + LANES <= st->nw; r++) {
-        x0 = fused16(x0, vm, lut, sh, st->w, &ptr, nb + 16 * r, o + 32 * r);
-        x1 = fused16(x1, vm, lut, sh, st->w, &ptr, nb + 16 * r + 8, o + 32 * r + 16);
-    }
+    if (kind == FUSED_F16)
+        for (; r < rounds && ptr + LANES <= st->nw; r++) {
+            x0 = fused16(x0, vm, lut, sh, st->w, &ptr, nb + 16 * r, tb + 8 * r, o + 32 * r, FUSED_F16);
+            x1 = fused16(x1, vm, lut, sh, st->w, &ptr, nb + 16 * r + 8, tb + 8 * r + 4, o + 32 * r + 16, FUSED_F16);
+        }
+    else
+        for (; r < rounds && ptr + LANES <= st->nw; r++) {
+            x0 = fused16(x0, vm, lut, sh, st->w, &ptr, nb + 16 * r, NULL, o + 32 * r, FUSED_BF16);
+            x1 = fused16(x1, vm, lut, sh, st->w, &ptr, nb + 16 * r + 8, NULL, o + 32 * r + 16, FUSED_BF16);
+        }
     _mm512_storeu_si512((void *)st->x, x0);
     _mm512_storeu_si512((void *)(st->x + 16), x1);
     st->ptr = ptr;
@@ -524,19 +538,30 @@ static int64_t rans_avx512_fused(rans_state *st, const uint32_t *lut, uint32_t m
  * and multiplies fill the other's latency (the state chain, not throughput, bounds one chunk). */
 __attribute__((target("avx512f,avx512bw,popcnt")))
 static int64_t rans_avx512_fused2(rans_state *sa, rans_state *sb, const uint32_t *luta, const uint32_t *lutb,
-                                  uint32_t mask, int pb,
-                                  const uint8_t *nba, const uint8_t *nbb, uint16_t *oa, uint16_t *ob, int64_t rounds) {
+                                  uint32_t mask, int pb, const uint8_t *nba, const uint8_t *nbb,
+                                  const uint8_t *tba, const uint8_t *tbb, uint16_t *oa, uint16_t *ob, int64_t rounds,
+                                  int kind) {
     __m512i a0 = _mm512_loadu_si512((const void *)sa->x), a1 = _mm512_loadu_si512((const void *)(sa->x + 16));
     __m512i b0 = _mm512_loadu_si512((const void *)sb->x), b1 = _mm512_loadu_si512((const void *)(sb->x + 16));
     const __m512i vm = _mm512_set1_epi32((int)mask);
     const __m128i sh = _mm_cvtsi32_si128(pb);
     int64_t pa = sa->ptr, pbb = sb->ptr, r = 0;
-    for (; r < rounds && pa + LANES <= sa->nw && pbb + LANES <= sb->nw; r++) {
-        a0 = fused16(a0, vm, luta, sh, sa->w, &pa, nba + 16 * r, oa + 32 * r);
-        b0 = fused16(b0, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r, ob + 32 * r);
-        a1 = fused16(a1, vm, luta, sh, sa->w, &pa, nba + 16 * r + 8, oa + 32 * r + 16);
-        b1 = fused16(b1, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r + 8, ob + 32 * r + 16);
+#define PAIR_ROUNDS(K, TA, TB)                                                                              \
+    for (; r < rounds && pa + LANES <= sa->nw && pbb + LANES <= sb->nw; r++) {                              \
+        a0 = fused16(a0, vm, luta, sh, sa->w, &pa, nba + 16 * r, TA(8 * r), oa + 32 * r, K);                \
+        b0 = fused16(b0, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r, TB(8 * r), ob + 32 * r, K);               \
+        a1 = fused16(a1, vm, luta, sh, sa->w, &pa, nba + 16 * r + 8, TA(8 * r + 4), oa + 32 * r + 16, K);   \
+        b1 = fused16(b1, vm, lutb, sh, sb->w, &pbb, nbb + 16 * r + 8, TB(8 * r + 4), ob + 32 * r + 16, K);  \
     }
+#define TWO_A(off) (tba + (off))
+#define TWO_B(off) (tbb + (off))
+#define NO_TWO(off) NULL
+    if (kind == FUSED_F16) PAIR_ROUNDS(FUSED_F16, TWO_A, TWO_B)
+    else PAIR_ROUNDS(FUSED_BF16, NO_TWO, NO_TWO)
+#undef PAIR_ROUNDS
+#undef TWO_A
+#undef TWO_B
+#undef NO_TWO
     _mm512_storeu_si512((void *)sa->x, a0);
     _mm512_storeu_si512((void *)(sa->x + 16), a1);
     _mm512_storeu_si512((void *)sb->x, b0);
@@ -556,13 +581,14 @@ static int rans_end(const rans_state *st) {
 /* The fused bf16 path, for values [start, n) of a chunk whose state has decoded [0, start) (start a
  * multiple of 32, so value i is lane i % 32's): whole rounds straight into the destination, the rest
  * (rounds whose words reach the stream's end, the tail) scalar, same order. lut: rans_table_fused. */
-static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const uint8_t *nb, uint16_t *o,
-                            int64_t start, int64_t n, int isa) {
+static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const uint8_t *nb, const uint8_t *tb,
+                            uint16_t *o, int64_t start, int64_t n, int isa, int kind) {
     uint32_t mask = (1u << pb) - 1;
 #if LL_X86
     if (isa == ISA_AVX512)
-        start += rans_avx512_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
-    else if (isa == ISA_AVX2)
+        start += rans_avx512_fused(st, lut, mask, pb, nb + (start >> 1), kind == FUSED_F16 ? tb + (start >> 2) : NULL,
+                                   o + start, (n - start) / LANES, kind) * LANES;
+    else if (isa == ISA_AVX2 && kind == FUSED_BF16)
         start += rans_avx2_fused(st, lut, mask, pb, nb + (start >> 1), o + start, (n - start) / LANES) * LANES;
 #else
     (void)isa;
@@ -577,21 +603,27 @@ static void rans_fused_rest(rans_state *st, const uint32_t *lut, int pb, const u
         int need = y < RANS_L;
         st->x[j] = need ? (y << 16) | word : y;
         ptr += need;
-        uint32_t sym = e >> 20;
-        o[i] = (uint16_t)(((sym & 1) << 15) | ((sym >> 1) << 4) | ((nb[i >> 1] >> ((i & 1) * 4)) & 15));
+        uint32_t sym = e >> 20, nib = (nb[i >> 1] >> ((i & 1) * 4)) & 15;
+        o[i] = kind == FUSED_F16
+                   ? (uint16_t)(((sym & 1) << 15) | ((sym >> 1) << 6) | (((tb[i >> 2] >> ((i & 3) * 2)) & 3) << 4) | nib)
+                   : (uint16_t)(((sym & 1) << 15) | ((sym >> 1) << 4) | nib);
     }
     st->ptr = ptr;
 }
 
-/* Is this chunk's field 0 the fused bf16 case? AVX-512 or AVX2, 16-bit values, a 12-bit coded field laid
- * out as bf16 max's (sign from symbol bit 0, bits 4-14 from the rest), one 4-bit raw field in bits 0-3. */
+/* Which fused case is this chunk's field 0? FUSED_BF16 (AVX-512 or AVX2): 16-bit values, a 12-bit coded field
+ * laid out as bf16 max's (sign from symbol bit 0, bits 4-14 from the rest), one 4-bit raw field in bits 0-3.
+ * FUSED_F16 (AVX-512): fp16 max's 10-bit coded field (sign, then bits 6-14), a 4-bit raw field in bits 0-3
+ * and a 2-bit one in bits 4-5. 0 otherwise (the general path). */
 static int fused_case(int isa, int width, int first, const uint32_t *patt0, int bits0, const raw_field *raw,
                       int nraw) {
-    if (!(isa == ISA_AVX512 || isa == ISA_AVX2)) return 0;
-    if (!(width == 2 && first && bits0 == 12 && nraw == 1 && raw[0].bits == 4)) return 0;
+    if (!(isa == ISA_AVX512 || isa == ISA_AVX2) || !(width == 2 && first && nraw >= 1 && raw[0].bits == 4)) return 0;
     for (uint32_t b = 0; b < 16; b++) if (raw[0].patt[b] != b) return 0;
-    for (uint32_t v = 0; v < 4096; v++) if (patt0[v] != (((v & 1) << 15) | ((v >> 1) << 4))) return 0;
-    return 1;
+    int top = bits0 == 12 && nraw == 1 ? 4 : bits0 == 10 && nraw == 2 && raw[1].bits == 2 && isa == ISA_AVX512 ? 6 : 0;
+    if (!top) return 0;
+    for (uint32_t b = 0; top == 6 && b < 4; b++) if (raw[1].patt[b] != b << 4) return 0;
+    for (uint32_t v = 0; v < (1u << bits0); v++) if (patt0[v] != (((v & 1) << 15) | ((v >> 1) << top))) return 0;
+    return top == 4 ? FUSED_BF16 : FUSED_F16;
 }
 
 static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, const uint32_t *smap, int fused,
@@ -601,7 +633,8 @@ static int decode_rans32(const uint32_t *s, int64_t ns, const uint32_t *lut, con
     int err = rans_open(s, ns, &st);
     if (err) return err;
     if (fused) {                      /* decode + merge straight into the destination */
-        rans_fused_rest(&st, lut, pb, raw[0].bytes, (uint16_t *)out, 0, n, isa);
+        rans_fused_rest(&st, lut, pb, raw[0].bytes, fused == FUSED_F16 ? raw[1].bytes : NULL, (uint16_t *)out, 0, n,
+                        isa, fused);
         return rans_end(&st);
     }
     uint32_t mask = (1u << pb) - 1;
@@ -953,8 +986,8 @@ static int decode_pair(ll_job *ja, ll_job *jb, int isa, uint8_t *scratch) {
     int na, nb, fa, fb;
     if (isa != ISA_AVX512 || ja->pb != jb->pb || ja->rows[0] != M_RANS32 || jb->rows[0] != M_RANS32) return 1;
     if (job_check(ja, ra, &na, &fa) || job_check(jb, rb, &nb, &fb) || !fa || !fb) return 1;
-    if (!fused_case(isa, (int)ja->width, 1, ja->patt, ja->bits[0], ra, na) ||
-        !fused_case(isa, (int)jb->width, 1, jb->patt, jb->bits[0], rb, nb)) return 1;
+    int kind = fused_case(isa, (int)ja->width, 1, ja->patt, ja->bits[0], ra, na);
+    if (!kind || fused_case(isa, (int)jb->width, 1, jb->patt, jb->bits[0], rb, nb) != kind) return 1;
     int pb = (int)ja->pb;
     uint32_t *luta = (uint32_t *)scratch, *lutb = (uint32_t *)(scratch + LL_SCRATCH_ONE);
     if (rans_table_fused(ja->tables, ja->ntables, ja->rows[3], 1 << ja->bits[0], pb, luta, isa) ||
@@ -963,10 +996,11 @@ static int decode_pair(ll_job *ja, ll_job *jb, int isa, uint8_t *scratch) {
     if (rans_open(ja->words + ja->rows[1], ja->rows[2], &sa) || rans_open(jb->words + jb->rows[1], jb->rows[2], &sb))
         return 1;                     /* decode_job reports the error */
     int64_t ra_ = ja->n / LANES, rb_ = jb->n / LANES;
-    int64_t done = rans_avx512_fused2(&sa, &sb, luta, lutb, (1u << pb) - 1, pb, ra[0].bytes, rb[0].bytes,
-                                      (uint16_t *)ja->out, (uint16_t *)jb->out, ra_ < rb_ ? ra_ : rb_);
-    rans_fused_rest(&sa, luta, pb, ra[0].bytes, (uint16_t *)ja->out, done * LANES, ja->n, isa);
-    rans_fused_rest(&sb, lutb, pb, rb[0].bytes, (uint16_t *)jb->out, done * LANES, jb->n, isa);
+    const uint8_t *ta = kind == FUSED_F16 ? ra[1].bytes : NULL, *tb = kind == FUSED_F16 ? rb[1].bytes : NULL;
+    int64_t done = rans_avx512_fused2(&sa, &sb, luta, lutb, (1u << pb) - 1, pb, ra[0].bytes, rb[0].bytes, ta, tb,
+                                      (uint16_t *)ja->out, (uint16_t *)jb->out, ra_ < rb_ ? ra_ : rb_, kind);
+    rans_fused_rest(&sa, luta, pb, ra[0].bytes, ta, (uint16_t *)ja->out, done * LANES, ja->n, isa, kind);
+    rans_fused_rest(&sb, lutb, pb, rb[0].bytes, tb, (uint16_t *)jb->out, done * LANES, jb->n, isa, kind);
     ja->status = rans_end(&sa);
     jb->status = rans_end(&sb);
     return 0;

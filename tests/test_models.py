@@ -74,3 +74,34 @@ def test_corrupt_manifest(tmp_path):
     (tmp_path / "leanlm.json").write_text(json.dumps({"format": "leanlm.nope"}))
     with pytest.raises(ModelSpecError, match="unknown leanlm artifact format"):
         load(str(tmp_path))
+
+
+def test_loads_in_two_threads_leave_transformers_unpatched(tmp_path):
+    """transformers patches PreTrainedModel.tie_weights (and torch.nn.init) process-wide while it loads; two
+    loads at once used to restore each other's patch, leaving tie_weights a no-op for good (later tied
+    models loaded with lm_head on meta; seen as a cascade of CI failures with `leanlm serve --follow`
+    loading beside an evolve loop). leanlm.load serialises loads, so both threads' models come back tied
+    and the functions are restored."""
+    import threading
+
+    from transformers import PreTrainedModel
+
+    from leanlm.models.load import save_hf
+
+    original = PreTrainedModel.tie_weights
+    model, tok = load("tiny-llama", dtype="fp32")
+    save_hf(model, tok, tmp_path / "m")
+    bad = []
+
+    def work():
+        for _ in range(6):
+            m, _ = load(str(tmp_path / "m"), dtype="fp32")
+            if m.lm_head.weight.is_meta or m.lm_head.weight.data_ptr() != m.model.embed_tokens.weight.data_ptr():
+                bad.append(m)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad and PreTrainedModel.tie_weights is original

@@ -146,10 +146,13 @@ def add_lora(model, cfg: TrainConfig):
     """Wrap ``model`` with fresh LoRA adapters (seeded); returns the peft model."""
     from peft import LoraConfig, get_peft_model
 
+    from ..models.load import MODEL_BUILD_LOCK
+
     torch.manual_seed(cfg.seed)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    with MODEL_BUILD_LOCK:   # new modules initialised while no other thread has torch.nn.init patched
+        return get_peft_model(model, lcfg)
 
 
 # ----------------------------------------------------------------------------------- loop

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,14 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
           "fp32": torch.float32, "float32": torch.float32}
 CACHE_MARKER = "leanlm-cache.json"
 CACHE_VERSION = 1
+
+# transformers' from_pretrained patches process-wide functions while it builds a model (``no_init_weights``,
+# ``no_tie_weights``: PreTrainedModel.tie_weights and torch.nn.init's functions replaced, then restored). Two
+# threads doing it at once can restore each other's patch: tie_weights then stays a no-op for the rest of
+# the process (every later tied model loads with its lm_head on meta) and new modules are left uninitialised.
+# `leanlm serve --follow` loads generations on a thread while an evolve loop in the same process loads and
+# builds models, so every leanlm code path that builds or loads a model holds this lock.
+MODEL_BUILD_LOCK = threading.RLock()
 
 
 class ModelLoadError(RuntimeError):
@@ -142,7 +151,13 @@ def read_manifest(path: Path) -> dict:
 
 
 def load(spec: str, dtype: str | torch.dtype = "bf16", device: str = "cpu"):
-    """Load a model and its tokenizer from a spec (see ``leanlm.models.specs``). Returns ``(model, tok)``."""
+    """Load a model and its tokenizer from a spec (see ``leanlm.models.specs``). Returns ``(model, tok)``.
+    Thread-safe: loads in different threads run one at a time (``MODEL_BUILD_LOCK``)."""
+    with MODEL_BUILD_LOCK:
+        return _load(spec, dtype, device)
+
+
+def _load(spec: str, dtype: str | torch.dtype, device: str):
     dt = parse_dtype(dtype)
     kind, path = resolve(spec)
     if kind == "tiny":

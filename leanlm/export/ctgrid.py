@@ -38,14 +38,14 @@ def quantize_int8_channel(w: torch.Tensor, scale_dtype: torch.dtype
 
 def quantize_int8_group(w: torch.Tensor, group: int, scale_dtype: torch.dtype
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) -> (q int8 (N, K) in [-127, 127], scale (N, G) in ``scale_dtype``), symmetric per group of K."""
-    n, k = w.shape
-    if k % group:
-        raise ValueError(f"width {k} is not a multiple of group {group}")
-    wg = w.float().view(n, k // group, group)
-    scale = (wg.abs().amax(dim=-1).clamp(min=1e-8) / INT8_MAX).to(scale_dtype)
-    q = torch.round(wg / scale.float()[..., None]).clamp(-INT8_MAX, INT8_MAX)
-    return q.view(n, k).to(torch.int8), scale
+    """(N, K) -> (q int8 (N, K) in [-127, 127], scale (N, G) in ``scale_dtype``), symmetric per group of K:
+    leanlm's int8-block grid (``quantize_int8_blocks``), on whole groups only, as compressed-tensors wants."""
+    from ..compress.quant.primitives import quantize_int8_blocks
+
+    if w.shape[1] % group:
+        raise ValueError(f"width {w.shape[1]} is not a multiple of group {group}")
+    q, scale = quantize_int8_blocks(w, group, scale_dtype)
+    return q, scale.to(scale_dtype)
 
 
 def quantize_int4_group(w: torch.Tensor, group: int, scale_dtype: torch.dtype,

@@ -45,18 +45,18 @@ def _module_entry(m: _QuantLinear) -> dict:
             "group": m.group if isinstance(m, (Int4Linear, Int8BlockLinear)) else None}
 
 
-def owned_by(key: str, modules) -> bool:
-    """Is the state-dict ``key`` a tensor of one of ``modules`` (names), directly or of a child of one (an
-    ``Int8BlockLinear``'s two ``Int4Linear`` halves)?"""
-    parts = key.split(".")
+def owned_by(name: str, modules) -> bool:
+    """Does the dotted ``name`` (a state-dict key or a submodule) lie inside one of ``modules`` (names), directly
+    or in a child of one (an ``Int8BlockLinear``'s two ``Int4Linear`` halves)?"""
+    parts = name.split(".")
     return any(".".join(parts[:i]) in modules for i in range(1, len(parts)))
 
 
 def quant_modules(model: nn.Module) -> dict[str, _QuantLinear]:
     """The integer modules of ``model`` by name, outermost only (the halves inside one are its own)."""
     found: dict[str, _QuantLinear] = {}
-    for n, m in model.named_modules():
-        if isinstance(m, _QuantLinear) and not owned_by(n + ".x", found):
+    for n, m in model.named_modules():   # parents come before their children
+        if isinstance(m, _QuantLinear) and not owned_by(n, found):
             found[n] = m
     return found
 

@@ -236,10 +236,9 @@ class Int8BlockLinear(_QuantLinear):
         """Dense (N, padded K) weights: the code rebuilt from its halves (needs the known kernel layout), times
         its block's scale, in ``dtype`` (as ``Int8Linear.dequantized``)."""
         n, kp, g = self.out_features, self.hi.padded_in, self.group
-        h = _unpack_cpu_int4(self.hi.packed, n, kp)
-        q = ((h << 4) | _unpack_cpu_int4(self.lo.packed, n, kp)) ^ 0x80       # uint8 bits of the int8 code
+        q = _join_halves(_unpack_cpu_int4(self.hi.packed, n, kp), _unpack_cpu_int4(self.lo.packed, n, kp))
         s = self.lo.scales_zeros[..., 0].t().to(dtype)                         # (N, G)
-        return (q.view(torch.int8).to(dtype).view(n, kp // g, g) * s[..., None]).view(n, kp)
+        return (q.to(dtype).view(n, kp // g, g) * s[..., None]).view(n, kp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.in_features)
@@ -251,7 +250,7 @@ class Int8BlockLinear(_QuantLinear):
         return _add_bias(y.view(*x.shape[:-1], self.out_features), self.bias)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        q = (self.hi.codes().to(torch.int16) * 16 + self.lo.codes().to(torch.int16) - 128).to(torch.int8)
+        q = _join_halves(self.hi.codes(), self.lo.codes())
         return {"qweight": q, "scale": self.lo.scales_zeros[..., 0].t().contiguous(), **self._bias_dict()}
 
     @classmethod
@@ -260,6 +259,11 @@ class Int8BlockLinear(_QuantLinear):
         bias = t.get("bias")
         return cls(t["qweight"], t["scale"].to(dtype), None if bias is None else bias.to(dtype),
                    group or INT8_BLOCK)
+
+
+def _join_halves(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """The int8 code from its two uint8 4-bit halves (``q + 128 = 16 h + l``): 16 h + l, sign bit flipped."""
+    return ((hi << 4) | lo).bitwise_xor(0x80).view(torch.int8)
 
 
 def _unpack_cpu_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
